@@ -1,0 +1,136 @@
+"""Flax NNX GPT: pre-norm decoder with rotary or learned positions, GELU or SwiGLU MLPs.
+
+One forward path serves training, probing and decoding:
+
+    logits_BxLxV = model(tokens_BxL)                                   # training
+    logits_BxLxV, hiddens = model(tokens_BxL, return_hidden=True)      # IBLM / probes
+    logits_BxLxV, cache = model.decode(tokens_BxL, cache, index)       # KV-cache sampling
+
+``hiddens`` is a list of ``n_layers + 1`` arrays [B, L, D]: the embedding output and the residual
+stream after every block (the IBLM loss and ``lm.probe`` read them). Parameters are plain
+``nnx.Param`` leaves with logical axis names; ``nnx.split`` once and ``nnx.merge`` inside jitted
+losses (Tree Mode; no ``nnx.jit``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.layers import Block, Norm, dropout, param
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCfg:
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    max_len: int = 256  # context length (learned positions table size, KV-cache bound)
+    pos: str = "rope"  # "rope" | "learned"
+    mlp: str = "gelu"  # "gelu" | "swiglu"
+    norm: str = "rms"  # "rms" | "layer"
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; logits and norms are fp32
+
+    CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
+               "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES)}
+
+    def __post_init__(self):
+        for field, allowed in self.CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by "
+                             f"model.n_heads={self.n_heads}")
+        if self.pos == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError("rotary positions need an even head dim (d_model / n_heads)")
+
+    @property
+    def dtype_(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def param_dtype_(self):
+        return DTYPES[self.param_dtype]
+
+
+class GPT(nnx.Module):
+    def __init__(self, cfg: ModelCfg, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = cfg.param_dtype_
+        self.embed_VxD = param(rngs, nnx.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
+                               ("vocab", "embed"), pdt)
+        if cfg.pos == "learned":
+            self.pos_LxD = param(rngs, nnx.initializers.normal(0.01), (cfg.max_len, cfg.d_model),
+                                 (None, "embed"), pdt)
+        for i in range(cfg.n_layers):  # string attribute names give clean checkpoint paths
+            setattr(self, f"block_{i}", Block(cfg, rngs))
+        self.norm_f = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, pdt, rngs)
+        if not cfg.tie_embeddings:
+            self.unembed_DxV = param(rngs, nnx.initializers.normal(0.02),
+                                     (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [getattr(self, f"block_{i}") for i in range(self.cfg.n_layers)]
+
+    def _trunk(self, tokens_BxL, pos_BxL, rng, cache, index):
+        cfg, dt = self.cfg, self.cfg.dtype_
+        x_BxLxD = self.embed_VxD[...].astype(dt)[tokens_BxL]
+        if cfg.pos == "learned":
+            x_BxLxD = x_BxLxD + self.pos_LxD[...].astype(dt)[pos_BxL]
+        rngs = list(jax.random.split(rng, cfg.n_layers + 1)) if rng is not None else [None] * (
+            cfg.n_layers + 1)
+        x_BxLxD = dropout(x_BxLxD, cfg.dropout, rngs[-1])
+        hiddens, new_cache = [x_BxLxD], []
+        for i, block in enumerate(self.blocks):
+            kv = None if cache is None else cache[i]
+            x_BxLxD, new_kv = block(x_BxLxD, pos_BxL, rngs[i], kv, index)
+            hiddens.append(x_BxLxD)
+            new_cache.append(new_kv)
+        return hiddens, new_cache
+
+    def logits(self, h_BxLxD: jax.Array) -> jax.Array:
+        """Final norm and unembedding; logits in fp32."""
+        h_BxLxD = self.norm_f(h_BxLxD)
+        w_DxV = (self.embed_VxD[...].T if self.cfg.tie_embeddings else self.unembed_DxV[...])
+        return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV.astype(h_BxLxD.dtype)).astype(jnp.float32)
+
+    def __call__(self, tokens_BxL, *, positions_BxL=None, rng=None, return_hidden=False):
+        if positions_BxL is None:
+            positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+        hiddens, _ = self._trunk(tokens_BxL, positions_BxL, rng, None, None)
+        logits_BxLxV = self.logits(hiddens[-1])
+        return (logits_BxLxV, hiddens) if return_hidden else logits_BxLxV
+
+    def init_cache(self, batch: int, length: int | None = None, dtype=None):
+        """Zero KV cache: per layer (k, v) of shape [B, S, N, H]."""
+        cfg = self.cfg
+        S = length or cfg.max_len
+        shape = (batch, S, cfg.n_heads, cfg.d_model // cfg.n_heads)
+        dt = dtype or cfg.dtype_
+        return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
+
+    def decode(self, tokens_BxL, cache, index):
+        """Run ``tokens_BxL`` at positions ``index .. index+L-1`` against ``cache``.
+
+        Returns (logits_BxLxV, new_cache). ``index`` may be a traced scalar."""
+        B, L = tokens_BxL.shape
+        pos_BxL = jnp.broadcast_to(index + jnp.arange(L), (B, L))
+        hiddens, new_cache = self._trunk(tokens_BxL, pos_BxL, None, cache, index)
+        return self.logits(hiddens[-1]), new_cache
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,149 @@
+"""Mesh, logical-axis rules and abstract, sharded initialisation.
+
+The mesh has axes ``("data", "fsdp", "tensor")``. Parameters carry logical names (``lm.layers``);
+``RULES`` is the one table that maps them to mesh axes. Initialisation is abstract first:
+``nnx.eval_shape`` gives shapes and names, the rules give ``NamedSharding``s, and
+``jax.jit(init, out_shardings=...)`` materialises each shard on its own device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name -> mesh axis (or None = replicated). One table for every model in the codebase.
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv": None,
+    "norm": None,
+    "codes": None,
+}
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (reported without a traceback, exit code 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshCfg:
+    data: int = -1  # -1: all devices not used by the other axes
+    fsdp: int = 1
+    tensor: int = 1
+
+    def shape(self, n_devices: int) -> tuple[int, int, int]:
+        dims = [self.data, self.fsdp, self.tensor]
+        if sum(d == -1 for d in dims) > 1:
+            raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(AXES, dims))}")
+        if any(d == 0 or d < -1 for d in dims):
+            raise ConfigError(f"mesh: axis sizes must be positive or -1, got {dict(zip(AXES, dims))}")
+        known = math.prod(d for d in dims if d != -1)
+        if n_devices % known:
+            raise ConfigError(f"mesh {dict(zip(AXES, dims))} does not divide the {n_devices} "
+                              f"devices; choose sizes whose product divides {n_devices}")
+        dims = [n_devices // known if d == -1 else d for d in dims]
+        if math.prod(dims) != n_devices:
+            raise ConfigError(f"mesh {dict(zip(AXES, dims))} uses {math.prod(dims)} devices but "
+                              f"{n_devices} are present; set one axis to -1 or match the count")
+        return tuple(dims)
+
+
+def make_mesh(cfg: MeshCfg, devices=None) -> jax.sharding.Mesh:
+    devices = jax.devices() if devices is None else devices
+    shape = cfg.shape(len(devices))
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def abstract_mesh(cfg: MeshCfg, n_devices: int) -> jax.sharding.AbstractMesh:
+    """A device-free mesh for ahead-of-time lowering of a pod config (``--dry-run``)."""
+    return jax.sharding.AbstractMesh(cfg.shape(n_devices), AXES,
+                                     axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names: tuple[str | None, ...], rules=None) -> P:
+    rules = RULES if rules is None else rules
+    out = []
+    for n in names:
+        if n is not None and n not in rules:
+            raise KeyError(f"logical axis {n!r} has no rule; known: {sorted(rules)}")
+        out.append(None if n is None else rules[n])
+    return P(*out)
+
+
+def param_specs(abs_state: nnx.State, rules=None):
+    """PartitionSpec per Param from its logical ``out_sharding`` names, as a pure dict."""
+    def spec(v):
+        names = v.get_metadata().get("out_sharding") or (None,) * len(v.shape)
+        return logical_to_spec(tuple(names), rules)
+    specs = jax.tree.map(spec, abs_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.to_pure_dict(specs)
+
+
+def fit_spec(spec: P, shape, mesh) -> P:
+    """Drop mesh axes that do not divide a dimension (e.g. vocab 256 over tensor=3)."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else (axes or ())
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if size and dim % size == 0 else None)
+    return P(*out)
+
+
+def init_params(model_fn, mesh, rules=None):
+    """Build a model abstractly, then materialise its params sharded on ``mesh``.
+
+    ``model_fn()`` builds an ``nnx.Module`` (e.g. ``lambda: GPT(cfg, rngs=nnx.Rngs(0))``).
+    Returns ``(graphdef, params, shardings)`` with ``params`` a pure dict of sharded arrays.
+    """
+    abs_model = nnx.eval_shape(model_fn)
+    graphdef, abs_state = nnx.split(abs_model, nnx.Param)
+    specs = param_specs(abs_state, rules)
+    shapes = nnx.to_pure_dict(abs_state)
+    shardings = jax.tree.map(lambda s, a: NamedSharding(mesh, fit_spec(s, a.shape, mesh)),
+                             specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+    def init():
+        return nnx.to_pure_dict(nnx.state(model_fn(), nnx.Param))
+
+    params = jax.jit(init, out_shardings=shardings)()
+    return graphdef, params, shardings
+
+
+def merge(graphdef, params):
+    """Module from a graphdef and a pure params dict (call inside jitted functions)."""
+    return nnx.merge(graphdef, nnx.State(params))
+
+
+def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES, *(None,) * (ndim - 1)))
+
+
+def data_parallel_size(mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(batch, mesh):
+    """Place a host batch (dict of numpy arrays, global on one process) on the mesh.
+
+    Multi-process: each process passes its own rows; the global array is assembled with
+    ``jax.make_array_from_process_local_data``."""
+    def put(x):
+        x = np.asarray(x)
+        s = batch_sharding(mesh, x.ndim)
+        if jax.process_count() == 1:
+            return jax.device_put(x, s)
+        gshape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(s, x, gshape)
+    return jax.tree.map(put, batch)
