@@ -1,0 +1,313 @@
+"""The experiment runner: CLI, run directory, and the generic sharded LM training loop.
+
+    python -m experiments.<name> [--preset tiny] [--set k=v ...] [--workdir DIR] [--dry-run]
+        [--coordinator host:port --num-processes N --process-id i | --distributed]
+
+``main(presets)`` parses the command line, applies overrides, validates the config against the
+devices (one ``ConfigError`` message, exit code 2, never a traceback from inside JAX), and hands the
+config to the experiment's ``run(cfg, workdir)``. ``train(cfg, workdir)`` is the shared pretraining
+loop every LM experiment composes: mesh -> abstract sharded init -> optimizer -> jitted step for the
+configured loss -> data -> Orbax resume -> metrics/plot -> sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+
+from experiments.config import Config, override, to_dict
+from lm.sharding import ConfigError
+
+EXIT_CONFIG, EXIT_NONFINITE = 2, 3
+
+
+def validate(cfg: Config, n_devices: int):
+    """Config checks that need the device count; raises ConfigError."""
+    from lm import data as data_lib
+    from lm.losses import get_loss
+    d, f, t = cfg.mesh.shape(n_devices)
+    dp, tr = d * f, cfg.train
+    if tr.batch_size % tr.microbatches:
+        raise ConfigError(f"train.batch_size={tr.batch_size} is not divisible by "
+                          f"train.microbatches={tr.microbatches}")
+    if (tr.batch_size // tr.microbatches) % dp:
+        raise ConfigError(f"train.batch_size={tr.batch_size} (per microbatch "
+                          f"{tr.batch_size // tr.microbatches}) is not divisible by the data axes "
+                          f"data*fsdp={dp}; use a multiple of {dp * tr.microbatches}")
+    if tr.seq_len > cfg.model.max_len:
+        raise ConfigError(f"train.seq_len={tr.seq_len} exceeds the model context "
+                          f"model.max_len={cfg.model.max_len}; allowed: 1..{cfg.model.max_len}")
+    if tr.seq_len < 1 or tr.steps < 1 or tr.batch_size < 1:
+        raise ConfigError("train.seq_len, train.steps and train.batch_size must be >= 1")
+    get_loss(tr.loss)
+    data_lib.validate(cfg.data)
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
+    """Create ``workdir`` or decide to resume it. Returns True when resuming.
+
+    An existing run dir whose config differs is refused unless ``run.overwrite=true``."""
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(json.dumps(to_dict(cfg)))
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+        if old == new:
+            return True
+        if not cfg.run.overwrite:
+            diff = sorted(_diff(old, new))
+            raise ConfigError(f"run directory {workdir} holds a run with a different config "
+                              f"(differs at {', '.join(diff[:6])}); pass --set run.overwrite=true to "
+                              "replace it, or choose another --workdir")
+        if is_main:
+            shutil.rmtree(workdir)
+    elif os.path.isdir(workdir) and os.listdir(workdir) and not cfg.run.overwrite:
+        raise ConfigError(f"--workdir {workdir} exists, is not empty and holds no config.json; "
+                          "choose another --workdir or pass --set run.overwrite=true")
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(new, fh, indent=2)
+        os.replace(tmp, path)
+    return False
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a loop needs, built once from a config (also handy in notebooks)."""
+
+    cfg: Config
+    mesh: object
+    graphdef: object
+    state: dict
+    state_sharding: dict
+    tx: object
+    lr_fn: Callable
+    train_step: Callable
+    eval_step: Callable
+
+
+def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
+    import jax
+    from flax import nnx
+
+    from lm import sharding as sh
+    from lm.losses import get_loss
+    from lm.model import GPT
+    from lm.optim import make_optimizer
+    from lm.train import init_state, make_eval_step, make_train_step, state_shardings
+
+    mesh = mesh or sh.make_mesh(cfg.mesh)
+    loss_fn = loss_fn or get_loss(cfg.train.loss)
+    seed = cfg.train.seed
+    graphdef, params, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)), mesh)
+    tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
+    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, loss_state), params)
+    s_shard = state_shardings(shapes, p_shard, mesh)
+    state = jax.jit(lambda p: init_state(p, tx, seed, loss_state), out_shardings=s_shard)(params)
+    step = make_train_step(loss_fn, tx, model=graphdef, cfg=cfg, mesh=mesh,
+                           state_sharding=s_shard, microbatches=cfg.train.microbatches,
+                           lr_fn=lr_fn)
+    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg)
+    return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
+
+
+def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0) -> str:
+    """Greedy-free (temperature 0.8, top-k 40) continuation of ``prompt`` with the KV cache."""
+    import jax
+    import numpy as np
+
+    from lm.sample import SampleCfg, generate
+    from tokenization.bytes import ByteTokenizer
+
+    tok = ByteTokenizer()
+    ids = tok.encode(prompt)
+    max_len = setup.cfg.model.max_len
+    n_tokens = min(n_tokens, max_len - len(ids))
+    if n_tokens <= 0:
+        return prompt
+    out = generate(setup.graphdef, jax.device_get(params), ids[None].astype(np.int32),
+                   np.array([len(ids)], np.int32),
+                   SampleCfg(max_new_tokens=n_tokens, temperature=0.8, top_k=40,
+                             eos_id=None), jax.random.key(seed))
+    new = np.asarray(out["tokens_BxT"][0])[: int(out["lengths_B"][0])]
+    return prompt + tok.decode(new)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None) -> dict:
+    """Train (or resume) an LM run in ``workdir``; returns a summary dict."""
+    import jax
+
+    from lm import data as data_lib
+    from lm import metrics as M
+    from lm import sharding as sh
+    from lm.checkpoint import Checkpointer, abstract_target
+    from lm.train import NonFiniteLoss, evaluate, train_loop
+
+    is_main = jax.process_index() == 0
+    validate(cfg, jax.device_count())
+    resume = prepare_run_dir(workdir, cfg, is_main=is_main)
+    setup = build(cfg, loss_fn=loss_fn)
+    tr = cfg.train
+    pi, pc = jax.process_index(), jax.process_count()
+    it = data_lib.make_train_iter(cfg.data, batch_size=tr.batch_size, seq_len=tr.seq_len,
+                                  seed=tr.seed)  # yields this process's rows
+    eval_host = data_lib.make_eval_batches(cfg.data, batch_size=tr.batch_size,
+                                           seq_len=tr.seq_len, max_batches=tr.eval_batches)
+    eval_batches = [sh.shard_batch({k: v[pi::pc] for k, v in b.items()}, setup.mesh)
+                    for b in eval_host]
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep)
+    state, metrics_path = setup.state, os.path.join(workdir, "metrics.jsonl")
+    last = ckpt.latest_step()
+    if resume and last is not None:
+        target = abstract_target(jax.eval_shape(lambda: setup.state), setup.state_sharding)
+        state, data_state = ckpt.restore(last, target)
+        it.set_state(data_state)
+        if is_main:
+            M.truncate_jsonl(metrics_path, last)
+    elif is_main and os.path.exists(metrics_path):
+        os.remove(metrics_path)
+    if is_main:
+        with open(os.path.join(workdir, "provenance.json"), "w") as fh:
+            json.dump(M.provenance(argv), fh, indent=2)
+    writer = M.MetricsWriter(workdir, enabled=is_main)
+    start = int(jax.device_get(state["step"]))
+    tokens_per_step = tr.batch_size * tr.seq_len
+    bar = M.progress(tr.steps, start, desc=cfg.run.name,
+                     disable=not (is_main and cfg.run.progress))
+
+    def batches():
+        while True:
+            yield sh.shard_batch(next(it), setup.mesh)
+
+    def on_metrics(step, m):
+        m["tokens"] = step * tokens_per_step
+        writer.write(step, m, "train")
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}")
+
+    def on_step_end(step, st):
+        if step % tr.eval_every == 0 or step == tr.steps:
+            ev = evaluate(setup.eval_step, st["params"], eval_batches)
+            writer.write(step, {**ev, "tokens": step * tokens_per_step}, "eval")
+            bar.write(f"step {step}: eval loss {ev['loss']:.4f}")
+        if step % tr.ckpt_every == 0 or step == tr.steps:
+            ckpt.save(step, st, it.get_state())
+
+    sync = lambda s: s % tr.eval_every == 0 or s % tr.ckpt_every == 0
+    try:
+        state = train_loop(state, setup.train_step, batches(), steps=tr.steps,
+                           on_metrics=on_metrics, on_step_end=on_step_end, sync_at=sync,
+                           tokens_per_step=tokens_per_step)
+    except NonFiniteLoss as e:
+        ckpt.wait()
+        good = ckpt.latest_step()
+        where = (f"last good checkpoint: step {good} in {ckpt.directory}" if good is not None
+                 else "no checkpoint was written")
+        raise NonFiniteLoss(f"{e}; the run stopped ({where}); nothing was overwritten") from None
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    recs = M.read_jsonl(metrics_path)
+    evals = [r for r in recs if r["split"] == "eval"]
+    summary = {"workdir": workdir, "steps": tr.steps,
+               "final_eval_loss": evals[-1]["loss"] if evals else None,
+               "final_train_loss": next((r["loss"] for r in reversed(recs)
+                                         if r["split"] == "train"), None)}
+    if is_main:
+        M.plot_run(workdir)
+        if cfg.run.sample_tokens:
+            summary["sample"] = sample_text(setup, state["params"], cfg.run.sample_prompt,
+                                            cfg.run.sample_tokens, tr.seed)
+    summary["state"] = state
+    summary["setup"] = setup
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv, presets: dict[str, Callable[[], Config]], default: str):
+    p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=default, help=f"one of {sorted(presets)}")
+    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[],
+                   metavar="KEY=VALUE", help="config override, e.g. --set opt.lr=3e-4")
+    p.add_argument("--workdir", default=None, help="run directory (default runs/<run.name>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="lower+compile the train step for the preset's mesh on abstract devices "
+                        "and print per-device memory; no training")
+    p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host)")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() with TPU/SLURM auto-detection")
+    return p.parse_args(argv)
+
+
+def load_config(args, presets, default) -> Config:
+    if args.preset not in presets:
+        raise ConfigError(f"--preset {args.preset!r} is not one of {sorted(presets)}")
+    return override(presets[args.preset](), [kv for group in args.overrides for kv in group])
+
+
+def init_distributed(args):
+    import jax
+    if args.coordinator or args.num_processes:
+        if args.coordinator is None or args.num_processes is None or args.process_id is None:
+            raise ConfigError("multi-host needs --coordinator host:port, --num-processes N and "
+                              "--process-id i together")
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def main(presets: dict[str, Callable[[], Config]], run: Callable, *, default: str = "tiny",
+         argv=None) -> int:
+    """CLI entry: ``run(cfg, workdir, argv)`` does the experiment. Returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv, presets, default)
+        cfg = load_config(args, presets, default)
+        workdir = args.workdir or os.path.join("runs", cfg.run.name)
+        if args.dry_run:
+            from experiments.dry_run import dry_run
+            print(dry_run(cfg))
+            return 0
+        init_distributed(args)
+        run(cfg, workdir, argv)
+        return 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as e:  # noqa: BLE001 - NaN stop is a clean, named failure
+        from lm.train import NonFiniteLoss
+        if isinstance(e, NonFiniteLoss):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_NONFINITE
+        raise
