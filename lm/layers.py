@@ -44,14 +44,15 @@ class Norm(nnx.Module):
         if self.kind == "layer":
             x = x - x.mean(-1, keepdims=True)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps)
-        return (x * self.scale[...].astype(jnp.float32)).astype(x_BxLxD.dtype)
+        scale_11D = self.scale[...].astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+        return (x * scale_11D).astype(x_BxLxD.dtype)
 
 
 def rotary(x_BxLxNxH: Array, pos_BxL: Array, base: float) -> Array:
     """Rotary position embedding (half-split convention, as in GPT-NeoX / Llama)."""
     h = x_BxLxNxH.shape[-1]
     inv_freq_h2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-    ang_BxLxH2 = pos_BxL[..., None].astype(jnp.float32) * inv_freq_h2
+    ang_BxLxH2 = pos_BxL[..., None].astype(jnp.float32) * inv_freq_h2[None, None, :]
     sin, cos = jnp.sin(ang_BxLxH2)[:, :, None, :], jnp.cos(ang_BxLxH2)[:, :, None, :]
     x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

@@ -1,0 +1,233 @@
+"""Sampling with a KV cache, and per-token log-probs of given completions.
+
+    out = generate(graphdef, params, prompt_BxP, prompt_len_B, SampleCfg(...), rng)
+    seq_BxS, comp_mask_BxS = splice(prompt_BxP, prompt_len_B, out["tokens_BxT"], out["mask_BxT"])
+    logp_BxS = sequence_logprobs(graphdef, params, seq_BxS, comp_mask_BxS)   # RL policy/ref logps
+
+Everything is a pure function of ``(graphdef, params, arrays)``: the module is rebuilt with
+``lm.losses.bind`` inside the trace (Tree Mode), so ``generate`` can be called inside a larger
+``jax.jit`` (RL rollouts) or on its own (it is jitted with ``model`` and ``cfg`` static).
+
+Ragged prompts. Prompts are *right*-padded; row b's prompt is ``prompt_BxP[b, :prompt_len_B[b]]``
+(every length must be >= 1). ``generate`` prefills the whole padded prompt once at cache index 0
+(causal attention: a real prompt token never sees the pads after it), reads each row's first
+next-token logits at its own position ``len_b - 1``, and then decodes row b's t-th new token at
+its own position ``len_b + t``. ``GPT.decode`` takes one scalar ``index`` for the whole batch, so
+the one-token decode step is ``jax.vmap``-ed over rows with a per-row index; the row's first
+decode overwrites the pad keys at ``len_b`` and the causal cache mask (``key <= position``) hides
+the pad keys after it until they are overwritten in turn. Positions (rotary or learned) are
+therefore exactly those of the unpadded prompt, and each row matches a batch-of-one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lm.losses import bind
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleCfg:
+    """How to sample. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1.0`` switch those off.
+
+    With ``eos_id`` set, a row stops after emitting it: later tokens are ``pad_id`` with mask 0.
+    The filters apply in the order temperature, top-k, top-p (as in HF ``generate``)."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eos_id: int | None = None
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sample.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"sample.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise ValueError(f"sample.top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"sample.top_p={self.top_p} must be in (0, 1] (1 = off)")
+
+
+def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+    """Logits of the adjusted sampling distribution (fp32); removed tokens get ``-inf``.
+
+    ``temperature``, ``top_k`` and ``top_p`` are Python numbers (static). Temperature 0 is the
+    point mass on the argmax (first index on ties). Top-k keeps exactly k tokens (``lax.top_k``
+    order on ties); top-p keeps the smallest prefix of the sorted distribution whose mass >= p."""
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    B, V = logits_BxV.shape
+    rows_Bx1 = jnp.arange(B)[:, None]
+    if temperature == 0:
+        keep_BxV = jax.nn.one_hot(jnp.argmax(logits_BxV, -1), V, dtype=jnp.bool_)
+        return jnp.where(keep_BxV, 0.0, -jnp.inf)
+    logits_BxV = logits_BxV / temperature
+    if 0 < top_k < V:
+        _, idx_BxK = jax.lax.top_k(logits_BxV, top_k)
+        keep_BxV = jnp.zeros((B, V), jnp.bool_).at[rows_Bx1, idx_BxK].set(True)
+        logits_BxV = jnp.where(keep_BxV, logits_BxV, -jnp.inf)
+    if top_p < 1.0:
+        order_BxV = jnp.argsort(-logits_BxV, axis=-1)
+        probs_BxV = jax.nn.softmax(jnp.take_along_axis(logits_BxV, order_BxV, -1), -1)
+        mass_before_BxV = jnp.cumsum(probs_BxV, -1) - probs_BxV
+        keep_sorted_BxV = mass_before_BxV < top_p  # always keeps the top token
+        keep_BxV = jnp.zeros((B, V), jnp.bool_).at[rows_Bx1, order_BxV].set(keep_sorted_BxV)
+        logits_BxV = jnp.where(keep_BxV, logits_BxV, -jnp.inf)
+    return logits_BxV
+
+
+def sample_logits(logits_BxV: jax.Array, rng: jax.Array | None, temperature: float,
+                  top_k: int = 0, top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """Draw one token per row. Returns ``(tokens_B int32, logp_sampled_B)``, the latter the
+    token's log-prob under the adjusted distribution (0 for greedy). ``rng`` may be None when
+    ``temperature == 0``."""
+    adj_BxV = filter_logits(logits_BxV, temperature, top_k, top_p)
+    if temperature == 0:
+        tokens_B = jnp.argmax(adj_BxV, -1)
+    else:
+        tokens_B = jax.random.categorical(rng, adj_BxV, axis=-1)
+    logp_BxV = jax.nn.log_softmax(adj_BxV, -1)
+    logp_B = jnp.take_along_axis(logp_BxV, tokens_B[:, None], -1)[:, 0]
+    return tokens_B.astype(jnp.int32), logp_B
+
+
+def _token_logp(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
+    logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), -1)
+    return jnp.take_along_axis(logp_BxV, tokens_B[:, None], -1)[:, 0]
+
+
+def _decode_rows(m, tokens_B: jax.Array, cache, index_B: jax.Array):
+    """One decode step with a per-row cache position: ``GPT.decode`` vmapped over rows."""
+    def one(tok, kv_row, idx):
+        kv = jax.tree.map(lambda x: x[None], kv_row)
+        logits_1x1xV, kv = m.decode(tok[None, None], kv, idx)
+        return logits_1x1xV[0, 0], jax.tree.map(lambda x: x[0], kv)
+    return jax.vmap(one)(tokens_B, cache, index_B)
+
+
+def _generate(model, params, prompt_BxP: jax.Array, prompt_len_B: jax.Array, cfg: SampleCfg,
+              rng: jax.Array | None, return_logits: bool = False) -> dict:
+    m = bind(model, params)
+    B, P = prompt_BxP.shape
+    T = cfg.max_new_tokens
+    S = P + T
+    if S > m.cfg.max_len:
+        raise ValueError(f"prompt length {P} + max_new_tokens {T} = {S} exceeds model.max_len="
+                         f"{m.cfg.max_len}; shorten the prompt or sample fewer tokens")
+    if cfg.temperature > 0 and rng is None:
+        raise ValueError("sampling with temperature > 0 needs an rng key")
+    rng = jax.random.key(0) if rng is None else rng
+    prompt_len_B = jnp.asarray(prompt_len_B, jnp.int32)
+
+    cache = m.init_cache(B, S)
+    logits_BxPxV, cache = m.decode(prompt_BxP.astype(jnp.int32), cache, 0)
+    last_B = jnp.clip(prompt_len_B - 1, 0, P - 1)
+    logits_BxV = jnp.take_along_axis(logits_BxPxV, last_B[:, None, None], axis=1)[:, 0]
+
+    V = logits_BxV.shape[-1]
+    bufs = {"tokens_BxT": jnp.full((B, T), cfg.pad_id, jnp.int32),
+            "logp_BxT": jnp.zeros((B, T), jnp.float32),
+            "logp_sampled_BxT": jnp.zeros((B, T), jnp.float32),
+            "mask_BxT": jnp.zeros((B, T), jnp.int32)}
+    if return_logits:
+        bufs["logits_BxTxV"] = jnp.zeros((B, T, V), jnp.float32)
+
+    def emit(t, logits_BxV, done_B, bufs):
+        """Sample token t from ``logits_BxV`` and record it; rows already done emit pad."""
+        tok_B, logp_s_B = sample_logits(logits_BxV, jax.random.fold_in(rng, t),
+                                        cfg.temperature, cfg.top_k, cfg.top_p)
+        live_B = ~done_B
+        tok_B = jnp.where(live_B, tok_B, cfg.pad_id)
+        col = {"tokens_BxT": tok_B,
+               "logp_BxT": jnp.where(live_B, _token_logp(logits_BxV, tok_B), 0.0),
+               "logp_sampled_BxT": jnp.where(live_B, logp_s_B, 0.0),
+               "mask_BxT": live_B.astype(jnp.int32)}
+        if return_logits:
+            col["logits_BxTxV"] = logits_BxV
+        bufs = {k: jax.lax.dynamic_update_index_in_dim(v, col[k], t, axis=1)
+                for k, v in bufs.items()}
+        if cfg.eos_id is not None:
+            done_B = done_B | (tok_B == cfg.eos_id)
+        return tok_B, done_B, bufs
+
+    tok_B, done_B, bufs = emit(0, logits_BxV, jnp.zeros((B,), jnp.bool_), bufs)
+
+    def cond(carry):
+        t, _, _, done_B, _ = carry
+        return (t < T) & ~jnp.all(done_B)
+
+    def body(carry):
+        t, tok_B, cache, done_B, bufs = carry
+        logits_BxV, cache = _decode_rows(m, tok_B, cache, prompt_len_B + t - 1)
+        tok_B, done_B, bufs = emit(t, logits_BxV, done_B, bufs)
+        return t + 1, tok_B, cache, done_B, bufs
+
+    carry = (jnp.int32(1), tok_B, cache, done_B, bufs)
+    _, _, _, _, bufs = jax.lax.while_loop(cond, body, carry)
+    bufs["lengths_B"] = bufs["mask_BxT"].sum(-1)
+    return bufs
+
+
+_generate_jit = jax.jit(_generate, static_argnames=("model", "cfg", "return_logits"))
+
+
+def generate(model, params, prompt_BxP: jax.Array, prompt_len_B: jax.Array, cfg: SampleCfg,
+             rng: jax.Array | None = None, *, return_logits: bool = False,
+             jit: bool = True) -> dict:
+    """Sample ``cfg.max_new_tokens`` tokens after each row's prompt (jitted).
+
+    Args: ``model`` an ``nnx.GraphDef`` (static), ``params`` a pure dict, ``prompt_BxP`` int,
+    right-padded, ``prompt_len_B`` int (>= 1 each), ``cfg`` a ``SampleCfg`` (static), ``rng`` a key
+    (None allowed for greedy). Raises ValueError if ``P + max_new_tokens > model.cfg.max_len``.
+
+    Returns a dict of [B, T] arrays (T = ``max_new_tokens``):
+      ``tokens_BxT``        new tokens (``pad_id`` after a row's eos);
+      ``logp_BxT``          log-prob of each token under the *model* distribution, i.e.
+                            ``log_softmax`` of the raw logits at temperature 1, no top-k/top-p
+                            (what policy-gradient losses compare against ``sequence_logprobs``);
+      ``logp_sampled_BxT``  log-prob under the temperature/top-k/top-p-adjusted distribution the
+                            token was drawn from (0 for greedy);
+      ``mask_BxT``          1 for valid tokens up to and including eos, else 0 (logps are 0 there);
+      ``lengths_B``         number of valid tokens per row;
+      ``logits_BxTxV``      only with ``return_logits=True``: the raw logits each token came from.
+    The loop stops early once every row has emitted eos. Row b's step-t key is
+    ``fold_in(rng, t)``, so a fixed rng reproduces the same tokens.
+    """
+    fn = _generate_jit if jit else _generate
+    return fn(model, params, prompt_BxP, prompt_len_B, cfg, rng, return_logits)
+
+
+def splice(prompt_BxP: jax.Array, prompt_len_B: jax.Array, tokens_BxT: jax.Array,
+           mask_BxT: jax.Array, pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Right-padded ``[B, P+T]`` sequences ``prompt[:len] + valid new tokens`` and the mask of
+    the new tokens in them (the ``mask`` for ``sequence_logprobs`` and RL losses)."""
+    B, P = prompt_BxP.shape
+    T = tokens_BxT.shape[1]
+    j_1xS = jnp.arange(P + T)[None, :]
+    len_Bx1 = jnp.asarray(prompt_len_B, jnp.int32)[:, None]
+    gen_idx_BxS = jnp.clip(j_1xS - len_Bx1, 0, T - 1)
+    gen_BxS = jnp.take_along_axis(tokens_BxT, gen_idx_BxS, axis=1)
+    gen_mask_BxS = jnp.take_along_axis(mask_BxT, gen_idx_BxS, axis=1)
+    in_gen_BxS = (j_1xS >= len_Bx1) & (j_1xS < len_Bx1 + T) & (gen_mask_BxS > 0)
+    prompt_BxS = jnp.pad(prompt_BxP, ((0, 0), (0, T)), constant_values=pad_id)
+    seq_BxS = jnp.where(j_1xS < len_Bx1, prompt_BxS, jnp.where(in_gen_BxS, gen_BxS, pad_id))
+    return seq_BxS.astype(jnp.int32), in_gen_BxS.astype(jnp.int32)
+
+
+def sequence_logprobs(model, params, tokens_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+    """Per-token log-probs ``log p(tokens[t] | tokens[:t])`` from one full forward (fp32).
+
+    Aligned with ``tokens_BxL``: entry t scores token t, entry 0 is 0 (no context), and entries
+    where ``mask_BxL`` is 0 are 0. Differentiable in ``params`` (policy and reference logps)."""
+    m = bind(model, params)
+    logits_BxLxV = m(tokens_BxL)[:, :-1].astype(jnp.float32)
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, -1)
+    tgt_BxL = jnp.take_along_axis(logp_BxLxV, tokens_BxL[:, 1:, None], -1)[..., 0]
+    logp_BxL = jnp.pad(tgt_BxL, ((0, 0), (1, 0)))
+    return logp_BxL * mask_BxL.astype(jnp.float32)
