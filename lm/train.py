@@ -71,7 +71,7 @@ def _split_micro(x, m: int):
 
 
 def _tree_norm(tree):
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def make_train_step(loss_fn: Callable, tx, *, model, cfg, mesh=None, state_sharding=None,

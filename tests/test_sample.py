@@ -104,8 +104,8 @@ def test_filters_against_numpy_reference():
     temperature divides logits; the kept log-probs are the renormalised reference."""
     probs_V = np.array([0.05, 0.3, 0.02, 0.15, 0.4, 0.08], np.float64)
     logits_1xV = np.log(probs_V)[None].astype(np.float32)
-    expected = {0.35: [4], 0.4: [4], 0.5: [4, 1], 0.7: [4, 1], 0.8: [4, 1, 3], 0.9: [4, 1, 3, 5],
-                0.97: [4, 1, 3, 5, 0], 0.99: [4, 1, 3, 5, 0, 2]}
+    expected = {0.35: [4], 0.5: [4, 1], 0.6: [4, 1], 0.8: [4, 1, 3], 0.9: [4, 1, 3, 5],
+                0.97: [4, 1, 3, 5, 0], 0.99: [4, 1, 3, 5, 0, 2]}  # no p on a boundary
     for p, kept in expected.items():
         keep_ref = np_top_p_keep(probs_V, p)
         assert sorted(np.flatnonzero(keep_ref)) == sorted(kept)  # the reference itself
@@ -118,10 +118,11 @@ def test_filters_against_numpy_reference():
     np.testing.assert_array_equal(np.flatnonzero(np.isfinite(adj_V)), [1, 3, 4])
     adj_V = np.asarray(filter_logits(jnp.asarray(logits_1xV), 0.5, 0, 1.0))[0]
     np.testing.assert_allclose(adj_V, logits_1xV[0] / 0.5, rtol=1e-6)
-    # temperature 2 flattens: top-p 0.5 now needs three tokens
-    adj_V = np.asarray(filter_logits(jnp.asarray(logits_1xV), 2.0, 0, 0.5))[0]
+    # temperature 2 flattens (p -> sqrt p): top-p 0.6 now needs three tokens, not two
+    adj_V = np.asarray(filter_logits(jnp.asarray(logits_1xV), 2.0, 0, 0.6))[0]
     flat = np.sqrt(probs_V) / np.sqrt(probs_V).sum()
-    np.testing.assert_array_equal(np.isfinite(adj_V), np_top_p_keep(flat, 0.5))
+    np.testing.assert_array_equal(np.isfinite(adj_V), np_top_p_keep(flat, 0.6))
+    assert np_top_p_keep(flat, 0.6).sum() == 3
     # draws stay inside the kept set
     toks_N, logp_N = sample_logits(jnp.repeat(jnp.asarray(logits_1xV), 2000, 0),
                                    jax.random.key(0), 1.0, 0, 0.8)
