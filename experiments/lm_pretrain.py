@@ -13,6 +13,7 @@ resumes from the last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from experiments.base import main, train
 from experiments.config import Config, RunCfg
@@ -70,7 +71,7 @@ PRESETS = {"tiny": tiny, "gpu": gpu, "tpu_pod": tpu_pod}
 def run(cfg: Config, workdir: str, argv=None) -> dict:
     out = train(cfg, workdir, argv=argv)
     print(f"final eval loss: {out['final_eval_loss']:.4f} nats/token "
-          f"({out['final_eval_loss'] / 0.6931:.3f} bits/byte)")
+          f"({out['final_eval_loss'] / math.log(2):.3f} bits/byte)")
     if "sample" in out:
         print(f"sample:\n{out['sample']}")
     print(f"run dir: {workdir}")

@@ -275,3 +275,28 @@ def make_eval_batches(cfg: DataCfg, *, batch_size: int, seq_len: int,
 
 __all__ = ["DataCfg", "EOS_ID", "PAD_ID", "PackedWindows", "TrainIterator", "make_eval_batches",
            "make_train_iter", "prepare_corpus", "validate", "vocab_size"]
+
+
+def _main(argv=None) -> int:
+    """``python -m lm.data --prepare [--source kjv] [--data-dir D]``: prepare a corpus once."""
+    import argparse
+    p = argparse.ArgumentParser(description=_main.__doc__)
+    p.add_argument("--prepare", action="store_true", help="prepare the tfds dataset (cached)")
+    p.add_argument("--source", default="kjv", choices=SOURCES)
+    p.add_argument("--paths", nargs="*", default=())
+    p.add_argument("--data-dir", default=DataCfg.data_dir)
+    a = p.parse_args(argv)
+    cfg = DataCfg(source=a.source, paths=tuple(a.paths), data_dir=a.data_dir)
+    try:
+        srcs = split_sources(cfg)
+    except ConfigError as e:
+        print(f"error: {e}")
+        return 2
+    sizes = {k: int(np.sum(v.src_lengths)) if hasattr(v, "src_lengths") else len(v)
+             for k, v in srcs.items() if k in ("train", "validation")}
+    print(f"prepared {cfg.source} under {cfg.data_dir}: tokens per split {sizes}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
