@@ -65,7 +65,8 @@ def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
         if not cfg.run.overwrite:
             diff = sorted(_diff(old, new))
             raise ConfigError(f"run directory {workdir} holds a run with a different config "
-                              f"(differs at {', '.join(diff[:6])}); pass --set run.overwrite=true to "
+                              f"(differs at {', '.join(diff[:6])}); pass --set run.overwrite=true "
+                              "to "
                               "replace it, or choose another --workdir")
         if is_main:
             shutil.rmtree(workdir)

@@ -2,7 +2,7 @@
 
     python -m experiments.lm_pretrain --preset tiny          # CPU, about 3-4 minutes
     python -m experiments.lm_pretrain --preset tiny --set train.steps=50 opt.lr=1e-3
-    python -m experiments.lm_pretrain --preset gpu --set data.source=files data.paths=/data/*.parquet
+    python -m experiments.lm_pretrain --preset gpu --set data.source=files data.paths=/d/*.parquet
     python -m experiments.lm_pretrain --preset tpu_pod --dry-run   # check a pod config on this CPU
 
 Writes ``runs/<run.name>/``: config.json, provenance.json, metrics.jsonl, TensorBoard events,

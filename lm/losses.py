@@ -5,7 +5,8 @@ Contract (every loss in this codebase):
     loss, aux = loss_fn(params, batch, *, model, rng, cfg)
 
 - ``params``: pure dict of arrays; ``model``: the ``nnx.GraphDef`` (``bind(model, params)``
-  rebuilds the module inside the trace); ``rng``: a PRNG key or None; ``cfg``: the experiment config.
+  rebuilds the module inside the trace); ``rng``: a PRNG key or None;
+  ``cfg``: the experiment config.
 - ``aux`` maps metric names to ``(sum, count)`` pairs so microbatch accumulation and cross-device
   means stay exact. If ``aux["loss"] = (s, c)`` then ``loss == s / c`` and the train step weights
   each microbatch's gradient by ``c`` (the full-batch token mean, exactly).

@@ -15,7 +15,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "grain
 
 
 class MetricsWriter:
-    """Appends ``{"step", "split", **metrics}`` lines to ``metrics.jsonl`` and TensorBoard events."""
+    """Appends ``{"step", "split", **metrics}`` lines to metrics.jsonl and TensorBoard."""
 
     def __init__(self, run_dir: str, *, enabled: bool = True):
         self.enabled = enabled

@@ -48,7 +48,8 @@ class MeshCfg:
         if sum(d == -1 for d in dims) > 1:
             raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(AXES, dims))}")
         if any(d == 0 or d < -1 for d in dims):
-            raise ConfigError(f"mesh: axis sizes must be positive or -1, got {dict(zip(AXES, dims))}")
+            raise ConfigError("mesh: axis sizes must be positive or -1, got "
+                              f"{dict(zip(AXES, dims))}")
         known = math.prod(d for d in dims if d != -1)
         if n_devices % known:
             raise ConfigError(f"mesh {dict(zip(AXES, dims))} does not divide the {n_devices} "
