@@ -18,18 +18,24 @@ Choices not fixed by the source, marked as in the spec:
   ``v_{t+1} = v_t + gamma^t E_{s_t}[r_t(s_t, pi(s_t))]`` (the paper writes ``V_0^pi(s_t)``).
 - [inferred, paper typo 2] The last table update writes the entry of the *new* support
   ``G^{pi_{1:t+1}}`` (the paper writes ``G^{pi_{1:t}}``).
-- [inferred] The table ``v(s, G)`` is keyed by the support only (one search = one start state) and
-  is maintained only when pruning is on (it is used for nothing else). Within one expansion the
-  children are grouped by support and each group updates the table once with its best value, so
-  the table does not depend on the (arbitrary) enumeration order of the decision rules.
+- [inferred] The table ``v(s, G)`` is keyed by the support (one search = one start state; plus t
+  under the default ``prune="timed"``, below) and is maintained only when pruning is on (it is
+  used for nothing else). Within one expansion the children are grouped by support and each group
+  updates the table once with its best value, so the table does not depend on the (arbitrary)
+  enumeration order of the decision rules.
 - [source] ``eps_t = r_max gamma^t / (1 - gamma)^2`` with ``r_max = max |r|``; prune a popped prefix
   when a stored support ``G_s`` with ``G_s <= G_t`` (reach) / ``G_t <= G_s`` (cover) has
-  ``v_t <= v(G_s) - eps_t``. [inferred] As in the paper, the table ignores the time at which a value
-  was recorded; ``prune="timed"`` keys it on (support, t) instead, which is provably safe (the
-  survivor's continuation loses at most ``r_max gamma^t / (1-gamma) <= eps_t``); ``prune=None``
-  switches pruning off. Ties in the heap pop first-pushed first. [inferred] The prune also needs
-  ``v_t < v(G_s)`` strictly: when ``eps_t`` is 0 (gamma = 0, r = 0, or underflow) the popped prefix's
-  own table entry would otherwise prune it.
+  ``v_t <= v(G_s) - eps_t``. [inferred, deviation] The paper's table ignores *when* a value was
+  recorded; ``prune="paper"`` implements that literally and it is UNSOUND: with S={0,1}, a0 = stay,
+  a1 = switch, goal {1}, gamma=0.3, T=4 and r_t(0, .) = (0,-1), (-1,-2), (0,-2), (0,0) the optimum
+  waits at 0 and switches at t=3 (value -0.3), but the prefix "at 0, t=3" is pruned against the
+  table entry of {0} written at t=1 (value 0), whose own continuation costs more, and GDS returns
+  -0.48 (``tests/test_gds.py``; 24 of 6000 seeded random small DMDP searches hit it). The
+  default ``prune="timed"`` keys the table on (support, t), which is sound: a survivor at the same
+  t with the same-or-better support loses at most ``r_max gamma^t / (1-gamma) <= eps_t`` along
+  any common continuation. ``prune=None`` switches pruning off. Ties pop first-pushed first.
+  [inferred] The prune also needs ``v_t < v(G_s)`` strictly: when ``eps_t`` is 0 (gamma = 0, r = 0,
+  or underflow) the popped prefix's own table entry would otherwise prune it.
 - [inferred] Horizons 0..T are all allowed (the empty policy is returned when ``s0`` is in the goal
   set, value 0); ``fixed_horizon=True`` accepts a prefix only at t == T (spec §2.4.3).
 - [inferred] A decision rule is stored as ``{state: action}`` over the support it acted on; the
@@ -236,7 +242,7 @@ def evaluate(mdp: DMDP, s0: int, policy: Policy) -> tuple[float, dict[int, float
     return v, d
 
 
-def search(mdp: DMDP | DetDMDP, s0: int, goal, *, mode: Mode = "reach", prune: Prune = "paper",
+def search(mdp: DMDP | DetDMDP, s0: int, goal, *, mode: Mode = "reach", prune: Prune = "timed",
            fixed_horizon: bool = False, max_pops: int | None = None) -> SearchResult:
     """GDS (spec §2.2, Algorithms 1/2) from ``s0`` to ``goal``; see module docstring."""
     if isinstance(mdp, DetDMDP):
@@ -251,65 +257,77 @@ def search(mdp: DMDP | DetDMDP, s0: int, goal, *, mode: Mode = "reach", prune: P
     eps = [r_max * gamma ** t / (1 - gamma) ** 2 for t in range(T + 1)]
     below = _subset if mode == "reach" else (lambda a, b: _subset(b, a))  # "a is at least as good"
     counter, cache = itertools.count(), {}
-    # node: (t, states, probs, support, parent node, rule); heap: (-v, tie, node)
-    heap = [(-0.0, next(counter), (0, np.array([s0]), np.array([1.0]), 1 << s0, None, None))]
-    table: dict = {}          # (support[, t]) -> best value seen (the paper's v(s, G))
+    # heap entry: (-v, tie, t, support, parent, rule index); the child's distribution is only
+    # materialised when it is expanded or returned. parent = (states, probs, grandparent, rule).
+    heap: list = [(-0.0, next(counter), 0, 1 << s0, None, -1)]
+    table: dict = {}          # bucket (t, or None for "paper") -> {support: best value} = v(s, G)
+    bucket = (lambda t: None) if prune == "paper" else (lambda t: t)
     popped: set = set()       # R: supports already popped
     pops = expansions = pushes = pruned = 0
+
+    def materialise(parent, i: int) -> tuple:
+        if parent is None:
+            return np.array([s0]), np.array([1.0]), None, None
+        states, probs = parent[0], parent[1]
+        rule = cache[len(states)][i]
+        d = probs @ mdp.P[states, rule]
+        keep = np.flatnonzero(d > 0)
+        return keep, d[keep], parent, dict(zip(states.tolist(), rule.tolist()))
+
     while heap:
-        negv, _, node = heapq.heappop(heap)
-        v, (t, states, probs, G, _, _) = -negv, node
+        negv, _, t, G, parent, i = heapq.heappop(heap)
+        v = -negv
         pops += 1
         popped.add(G)
         if feasible(G, goal, mode) and (t == T or not fixed_horizon):
+            node = materialise(parent, i)
             policy: list[dict[int, int]] = []
             n = node
-            while n[4] is not None:
-                policy.append(n[5])
-                n = n[4]
-            return SearchResult(v, tuple(reversed(policy)), dict(zip(states.tolist(),
-                                probs.tolist())), pops, expansions, pushes, pruned)
+            while n[2] is not None:
+                policy.append(n[3])
+                n = n[2]
+            return SearchResult(v, tuple(reversed(policy)), dict(zip(node[0].tolist(),
+                                node[1].tolist())), pops, expansions, pushes, pruned)
         if max_pops is not None and pops >= max_pops:
             raise RuntimeError(f"GDS exceeded max_pops={max_pops}")
         if t == T:
             continue
-        if prune is not None and any(
-                below(key[0], G) and v <= val - eps[t] and v < val for key, val in table.items()
-                if prune == "paper" or key[1] == t):
+        if prune is not None and any(below(Gs, G) and v <= val - eps[t] and v < val
+                                     for Gs, val in table.get(bucket(t), {}).items()):
             pruned += 1
             continue
         expansions += 1
+        node = materialise(parent, i)
+        states, probs = node[0], node[1]
         rules = _rules(A, len(states), cache)                             # [N, k]
         v2 = v + gamma ** t * (mdp.r[t][states[None, :], rules] @ probs)  # [N]
         d2 = np.einsum("k,nks->ns", probs, mdp.P[states[None, :], rules])  # [N, S]
         masks = _masks(d2)
         group: dict[int, float] = {}
-        for i, G2 in enumerate(masks):
-            keep = d2[i] > 0
-            child = (t + 1, np.flatnonzero(keep), d2[i][keep], G2, node,
-                     dict(zip(states.tolist(), rules[i].tolist())))
-            heapq.heappush(heap, (-float(v2[i]), next(counter), child))
-            group[G2] = max(group.get(G2, -np.inf), float(v2[i]))
+        for j, (G2, vj) in enumerate(zip(masks, v2.tolist())):
+            heapq.heappush(heap, (-vj, next(counter), t + 1, G2, node, j))
+            if G2 not in group or vj > group[G2]:
+                group[G2] = vj
         pushes += len(masks)
         if prune is None:
             continue
+        tab = table.setdefault(bucket(t + 1), {})
         for G2, best in group.items():     # table update, typo 2 fixed: entry of the new support
-            for key in table:
-                if (key[0] not in popped and below(G2, key[0])
-                        and (prune == "paper" or key[1] == t + 1)):
-                    table[key] = max(table[key], best)
-            table.setdefault((G2, None if prune == "paper" else t + 1), best)
+            for Gs, val in tab.items():
+                if best > val and Gs not in popped and below(G2, Gs):
+                    tab[Gs] = best
+            tab.setdefault(G2, best)
     return SearchResult(-np.inf, None, {}, pops, expansions, pushes, pruned)
 
 
-def reach(mdp: DMDP | DetDMDP, s0: int, goal, *, prune: Prune = "paper",
+def reach(mdp: DMDP | DetDMDP, s0: int, goal, *, prune: Prune = "timed",
           fixed_horizon: bool = False, max_pops: int | None = None) -> SearchResult:
     """Optimal goal-reaching policy: terminal support inside ``goal`` (Algorithm 1)."""
     return search(mdp, s0, goal, mode="reach", prune=prune, fixed_horizon=fixed_horizon,
                   max_pops=max_pops)
 
 
-def cover(mdp: DMDP | DetDMDP, s0: int, goal, *, prune: Prune = "paper",
+def cover(mdp: DMDP | DetDMDP, s0: int, goal, *, prune: Prune = "timed",
           fixed_horizon: bool = False, max_pops: int | None = None) -> SearchResult:
     """Optimal covering policy: terminal support contains ``goal`` (Algorithm 2)."""
     return search(mdp, s0, goal, mode="cover", prune=prune, fixed_horizon=fixed_horizon,

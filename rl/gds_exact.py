@@ -1,9 +1,9 @@
-"""Exact oracles and baselines for GDS: brute force, deterministic fast path, backward DP, static VI.
+"""Exact oracles and baselines for GDS: brute force, fast path, backward DP, static policy.
 
     from rl import gds, gds_exact
     gds_exact.brute_force(mdp, s0, goal)      # exhaustive over time-indexed decision rules
     gds_exact.fast_reach(mdp, s0, goal)       # deterministic: uniform-cost search over (state, t)
-    gds_exact.backward_dp(mdp, s0, goal)      # deterministic: W_t(s) = max(stop, r_t + gamma W_{t+1})
+    gds_exact.backward_dp(mdp, s0, goal)      # deterministic: W_t = max(stop, r_t + gamma W_{t+1})
     pi = gds_exact.static_policy(mdp, goal)   # value iteration on the time-collapsed MDP
     gds_exact.evaluate_static(mdp, s0, goal, pi)
 
@@ -12,9 +12,13 @@ at any t in 0..T (at t == T only with ``fixed_horizon``) and is feasible when it
 lies inside (reach) / contains (cover) the goal set. [inferred] The brute force enumerates, at every
 step, all deterministic decision rules on the current support only (behaviour off the support
 changes neither value nor support), written with plain dicts so that it shares no code with GDS.
-[inferred] "Time-collapsed" MDP: stationary reward ``mean_t r_t(s, a)`` with goal states absorbing
-(value 0); its greedy static policy is then run in the real, time-varying DMDP and stops at the
-first feasible t, exactly like a GDS policy (infeasible within T => value -inf).
+[inferred] "Time-collapsed" MDP: stationary reward ``mean_t r_t(s, a)`` with goal states absorbing.
+A discounted infinite-horizon criterion there prefers never reaching the goal whenever the way in
+costs more than ``r/(1-gamma)`` of loitering, so the static baseline is value iteration for the
+undiscounted stochastic-shortest-path problem (cost ``-mean_t r_t + delta``, delta = 1e-3
+max|mean r| so that loops are never free) over proper policies (actions that keep the goal
+reachable w.p. 1). Its greedy static policy is then run in the real, time-varying DMDP and
+stops at the first feasible t, exactly like a GDS policy (not feasible within T => value -inf).
 """
 
 from __future__ import annotations
@@ -156,16 +160,35 @@ def _expect_next(mdp: DMDP | DetDMDP, V: np.ndarray) -> np.ndarray:
 
 def static_policy(mdp: DMDP | DetDMDP, goal, *, tol: float = 1e-10,
                   max_iter: int = 100_000) -> np.ndarray:
-    """Greedy static policy ``pi[S]`` of value iteration on the time-collapsed MDP (goal absorbing)."""
-    in_goal = _mask_vector(goal_mask(goal, mdp.S), mdp.S)
-    rbar, V = mdp.r.mean(0), np.zeros(mdp.S)
-    for _ in range(max_iter):
-        Q = rbar + mdp.gamma * _expect_next(mdp, V)
-        V2 = np.where(in_goal, 0.0, Q.max(1))
-        if np.max(np.abs(V2 - V)) < tol:
+    """Greedy static policy ``pi[S]`` of value iteration on the time-collapsed MDP (see module
+    docstring): undiscounted expected total cost ``-mean_t r_t + delta`` to the absorbing goal,
+    over proper policies only (actions that keep the goal reachable with probability 1)."""
+    S, in_goal = mdp.S, _mask_vector(goal_mask(goal, mdp.S), mdp.S)
+    mass = lambda m: _expect_next(mdp, m.astype(np.float64))           # [S, A]: P(s' in m | s, a)
+    proper = np.ones(S, dtype=bool)
+    while True:                        # almost-sure reachability: greatest fixed point
+        allowed = mass(proper) >= 1 - 1e-12
+        reach = in_goal.copy()
+        while True:
+            grown = reach | (proper & np.any(allowed & (mass(reach) > 0), axis=1))
+            if (grown == reach).all():
+                break
+            reach = grown
+        if (reach == proper).all():
             break
+        proper = reach
+    rbar = mdp.r.mean(0)
+    cost = rbar - 1e-3 * max(float(np.abs(rbar).max()), 1e-12)     # delta > 0: no free loops
+    V = np.where(proper, 0.0, -np.inf)
+    for _ in range(max_iter):
+        Q = np.where(allowed, cost + _expect_next(mdp, np.where(proper, V, 0.0)), -np.inf)
+        V2 = np.where(in_goal, 0.0, np.where(proper, Q.max(1), -np.inf))
+        done = np.max(np.abs(V2[proper] - V[proper]), initial=0.0) < tol
         V = V2
-    return np.argmax(rbar + mdp.gamma * _expect_next(mdp, V), axis=1)
+        if done:
+            break
+    Q = np.where(allowed, cost + _expect_next(mdp, np.where(proper, V, 0.0)), -np.inf)
+    return np.argmax(np.where(proper[:, None], Q, rbar), axis=1)
 
 
 def evaluate_static(mdp: DMDP | DetDMDP, s0: int, goal, pi: np.ndarray, *, mode: Mode = "reach",
