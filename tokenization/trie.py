@@ -107,8 +107,7 @@ def _encode_span(ids_T, out_T, is_special_V, tok_off_V1, tok_chr, token_node_V, 
     return k
 
 
-@nb.njit(cache=True, parallel=True)
-def _encode_chunks(ids_T, starts_K1, is_special_V, tok_off_V1, tok_chr, token_node_V,
+def _encode_chunks_py(ids_T, starts_K1, is_special_V, tok_off_V1, tok_chr, token_node_V,
                    node_token_N, n_chars, keys, vals, mask):
     out_T = np.empty_like(ids_T)
     n_K = np.zeros(starts_K1.shape[0] - 1, np.int64)
@@ -123,6 +122,11 @@ def _encode_chunks(ids_T, starts_K1, is_special_V, tok_off_V1, tok_chr, token_no
             out_T[total + j] = out_T[a + j]
         total += n_K[k]
     return out_T[:total].copy()
+
+
+_encode_chunks_parallel = nb.njit(cache=True, parallel=True)(_encode_chunks_py)
+_encode_chunks_serial = nb.njit(cache=True)(_encode_chunks_py)
+PARALLEL_MIN_CHARS = 1 << 16  # below this, thread start-up costs more than it saves
 
 
 @nb.njit(cache=True)
@@ -251,7 +255,9 @@ class TokenTrie:
             starts = _chunk_starts(ids_T == space, int(chunk_chars))
         else:
             starts = np.array([0, len(ids_T)], np.int64)
-        return _encode_chunks(ids_T, starts, *self.arrays()).astype(np.int32)
+        fn = (_encode_chunks_parallel if len(starts) > 2 and len(ids_T) >= PARALLEL_MIN_CHARS
+              else _encode_chunks_serial)
+        return fn(ids_T, starts, *self.arrays()).astype(np.int32)
 
     def encode(self, text: str, chunk_chars: int = 0) -> np.ndarray:
         return self.encode_ids(self.base.encode(text), chunk_chars)
