@@ -13,6 +13,7 @@ import types
 import typing
 
 from lm.data import DataCfg
+from lm.ib import IBCfg
 from lm.model import ModelCfg
 from lm.optim import OptCfg
 from lm.sharding import ConfigError, MeshCfg
@@ -39,6 +40,7 @@ class Config:
     mesh: MeshCfg = MeshCfg()
     train: TrainCfg = TrainCfg()
     run: RunCfg = RunCfg()
+    ib: IBCfg = IBCfg()  # IBLM / GAPT knobs (lm.ib); read only by those losses
 
 
 def _fields(dc) -> dict[str, dataclasses.Field]:
@@ -78,13 +80,21 @@ def _coerce(key: str, raw: str, typ):
     raise ConfigError(f"{key}: fields of type {typ} cannot be set from the command line")
 
 
+# short override keys: ``--set dlr.layer=2`` sets ``model.dlr.layer`` (lm/routing.py)
+ALIASES = {"dlr": "model.dlr"}
+
+
 def override(cfg, assignments: list[str]):
     """Apply ``["a.b=c", ...]`` to a frozen dataclass tree, returning a new one."""
     for a in assignments:
         if "=" not in a:
             raise ConfigError(f"--set {a!r}: expected key=value, e.g. opt.lr=3e-4")
         key, raw = a.split("=", 1)
-        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
+        key = key.strip()
+        head = key.split(".", 1)[0]
+        if head in ALIASES and "." in key and head not in _fields(cfg):  # dlr.x -> model.dlr.x
+            key = ALIASES[head] + key[len(head):]
+        cfg = _set(cfg, key.split("."), raw.strip(), key)
     return cfg
 
 

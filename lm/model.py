@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lm.layers import Block, Norm, dropout, param
+from lm.routing import DLRCfg, LatentRouter
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -42,6 +43,7 @@ class ModelCfg:
     rope_base: float = 10000.0
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; logits and norms are fp32
+    dlr: DLRCfg = DLRCfg()  # Dynamic Latent Routing hook (lm/routing.py); off by default
 
     CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
                "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES)}
@@ -55,6 +57,7 @@ class ModelCfg:
                              f"model.n_heads={self.n_heads}")
         if self.pos == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError("rotary positions need an even head dim (d_model / n_heads)")
+        self.dlr.check(self.n_layers)
 
     @property
     def dtype_(self):
@@ -80,26 +83,42 @@ class GPT(nnx.Module):
         if not cfg.tie_embeddings:
             self.unembed_DxV = param(rngs, nnx.initializers.normal(0.02),
                                      (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
+        if cfg.dlr.on:  # created last: the base parameters draw the same random numbers
+            self.dlr = LatentRouter(cfg, rngs)
 
     @property
     def blocks(self) -> list[Block]:
         return [getattr(self, f"block_{i}") for i in range(self.cfg.n_layers)]
 
-    def _trunk(self, tokens_BxL, pos_BxL, rng, cache, index):
+    def embed(self, tokens_BxL, pos_BxL, rng=None):
+        """Embedding (with dropout) and the per-block dropout keys (a list of Nones if no rng)."""
         cfg, dt = self.cfg, self.cfg.dtype_
         x_BxLxD = self.embed_VxD[...].astype(dt)[tokens_BxL]
         if cfg.pos == "learned":
             x_BxLxD = x_BxLxD + self.pos_LxD[...].astype(dt)[pos_BxL]
         rngs = list(jax.random.split(rng, cfg.n_layers + 1)) if rng is not None else [None] * (
             cfg.n_layers + 1)
-        x_BxLxD = dropout(x_BxLxD, cfg.dropout, rngs[-1])
-        hiddens, new_cache = [x_BxLxD], []
-        for i, block in enumerate(self.blocks):
-            kv = None if cache is None else cache[i]
-            x_BxLxD, new_kv = block(x_BxLxD, pos_BxL, rngs[i], kv, index)
+        return dropout(x_BxLxD, cfg.dropout, rngs[-1]), rngs[:-1]
+
+    def run_blocks(self, x_BxLxD, pos_BxL, rngs, cache=None, index=None, codes_BxM=None,
+                   lo=0, hi=None):
+        """Blocks ``lo..hi-1`` on the stream after ``lo`` blocks. With ``codes_BxM`` (DLR) the
+        codes' steering vectors are added before block ``dlr.layer``. Returns (the stream after
+        each block, the new cache of those blocks)."""
+        hiddens, new_cache = [], []
+        for i in range(lo, self.cfg.n_layers if hi is None else hi):
+            if codes_BxM is not None and i == self.cfg.dlr.layer:
+                x_BxLxD = self.dlr.steer(x_BxLxD, pos_BxL, codes_BxM)
+            kv = None if cache is None else cache[i - lo]
+            x_BxLxD, new_kv = self.blocks[i](x_BxLxD, pos_BxL, rngs[i], kv, index)
             hiddens.append(x_BxLxD)
             new_cache.append(new_kv)
         return hiddens, new_cache
+
+    def _trunk(self, tokens_BxL, pos_BxL, rng, cache, index, codes_BxM=None):
+        x_BxLxD, rngs = self.embed(tokens_BxL, pos_BxL, rng)
+        hiddens, new_cache = self.run_blocks(x_BxLxD, pos_BxL, rngs, cache, index, codes_BxM)
+        return [x_BxLxD] + hiddens, new_cache
 
     def logits(self, h_BxLxD: jax.Array) -> jax.Array:
         """Final norm and unembedding; logits in fp32."""
@@ -107,10 +126,13 @@ class GPT(nnx.Module):
         w_DxV = (self.embed_VxD[...].T if self.cfg.tie_embeddings else self.unembed_DxV[...])
         return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV.astype(h_BxLxD.dtype)).astype(jnp.float32)
 
-    def __call__(self, tokens_BxL, *, positions_BxL=None, rng=None, return_hidden=False):
+    def __call__(self, tokens_BxL, *, positions_BxL=None, rng=None, return_hidden=False,
+                 codes_BxM=None):
+        """``codes_BxM`` (DLR models only): steer chunk m by code ``codes_BxM[:, m]``; None =
+        unsteered. ``hiddens[dlr.layer]`` is the stream before steering (the router's input)."""
         if positions_BxL is None:
             positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
-        hiddens, _ = self._trunk(tokens_BxL, positions_BxL, rng, None, None)
+        hiddens, _ = self._trunk(tokens_BxL, positions_BxL, rng, None, None, codes_BxM)
         logits_BxLxV = self.logits(hiddens[-1])
         return (logits_BxLxV, hiddens) if return_hidden else logits_BxLxV
 
@@ -122,13 +144,14 @@ class GPT(nnx.Module):
         dt = dtype or cfg.dtype_
         return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
 
-    def decode(self, tokens_BxL, cache, index):
+    def decode(self, tokens_BxL, cache, index, codes_BxM=None):
         """Run ``tokens_BxL`` at positions ``index .. index+L-1`` against ``cache``.
 
-        Returns (logits_BxLxV, new_cache). ``index`` may be a traced scalar."""
+        Returns (logits_BxLxV, new_cache). ``index`` may be a traced scalar. ``codes_BxM``: the
+        DLR codes of every chunk of the sequence (indexed by absolute position // chunk)."""
         B, L = tokens_BxL.shape
         pos_BxL = jnp.broadcast_to(index + jnp.arange(L), (B, L))
-        hiddens, new_cache = self._trunk(tokens_BxL, pos_BxL, None, cache, index)
+        hiddens, new_cache = self._trunk(tokens_BxL, pos_BxL, None, cache, index, codes_BxM)
         return self.logits(hiddens[-1]), new_cache
 
 
