@@ -120,6 +120,8 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
 
     mesh = mesh or sh.make_mesh(cfg.mesh)
     loss_fn = loss_fn or get_loss(cfg.train.loss)
+    if loss_state is None and hasattr(loss_fn, "init_state"):  # stateful losses (lm.ib)
+        loss_state = loss_fn.init_state(cfg)
     seed = cfg.train.seed
     graphdef, params, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)), mesh)
     tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
@@ -158,8 +160,12 @@ def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0)
 # ----------------------------------------------------------------------------- training
 
 
-def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None) -> dict:
-    """Train (or resume) an LM run in ``workdir``; returns a summary dict."""
+def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None,
+          on_eval=None) -> dict:
+    """Train (or resume) an LM run in ``workdir``; returns a summary dict.
+
+    ``loss_state``: initial state of a stateful loss (default: ``loss_fn.init_state(cfg)``).
+    ``on_eval(step, state, setup, eval_batches) -> dict``: extra metrics for each eval record."""
     import jax
 
     from lm import data as data_lib
@@ -171,7 +177,7 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None) -> dict:
     is_main = jax.process_index() == 0
     validate(cfg, jax.device_count())
     resume = prepare_run_dir(workdir, cfg, is_main=is_main)
-    setup = build(cfg, loss_fn=loss_fn)
+    setup = build(cfg, loss_fn=loss_fn, loss_state=loss_state)
     tr = cfg.train
     pi, pc = jax.process_index(), jax.process_count()
     it = data_lib.make_train_iter(cfg.data, batch_size=tr.batch_size, seq_len=tr.seq_len,
@@ -213,6 +219,8 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None) -> dict:
     def on_step_end(step, st):
         if step % tr.eval_every == 0 or step == tr.steps:
             ev = evaluate(setup.eval_step, st["params"], eval_batches)
+            if on_eval is not None:
+                ev.update(on_eval(step, st, setup, eval_batches))
             writer.write(step, {**ev, "tokens": step * tokens_per_step}, "eval")
             bar.write(f"step {step}: eval loss {ev['loss']:.4f}")
         if step % tr.ckpt_every == 0 or step == tr.steps:
