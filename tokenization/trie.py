@@ -174,6 +174,7 @@ class TokenTrie:
     def add_merge(self, left: int, right: int) -> tuple[int, bool]:
         """Id of ``str(left) + str(right)``: the existing one if that string is already a token
         (whatever pair made it; the reference's bug §7.3), else a new id. Returns (id, is_new)."""
+        left, right = int(left), int(right)
         for i in (left, right):
             if not 0 <= i < len(self.tokens) or i in self.special_ids:
                 raise ValueError(f"cannot merge id {i}: not a non-special token of this vocab")
