@@ -47,7 +47,8 @@ def init_state(params, tx, seed: int, loss_state=None) -> dict:
 
 
 def state_shardings(state_shapes, param_shardings, mesh):
-    """Shardings for the train state: optimizer moments follow their params, rest replicated."""
+    """Shardings for the train state: optimizer moments (and a params-shaped loss-state subtree,
+    e.g. a frozen reference model) follow their params, the rest is replicated."""
     replicated = NamedSharding(mesh, P())
     flat_params = jax.tree.leaves(param_shardings)
     pdef = jax.tree.structure(param_shardings)
@@ -60,7 +61,10 @@ def state_shardings(state_shapes, param_shardings, mesh):
     opt = jax.tree.map(for_opt, state_shapes["opt_state"],
                        is_leaf=lambda x: jax.tree.structure(x) == pdef)
     return {"params": param_shardings, "opt_state": opt, "step": replicated, "rng": replicated,
-            "loss_state": jax.tree.map(lambda _: replicated, state_shapes["loss_state"])}
+            # a params-shaped subtree of the loss state (a frozen reference model) is sharded
+            # like the params; everything else in it is replicated
+            "loss_state": jax.tree.map(for_opt, state_shapes["loss_state"],
+                                       is_leaf=lambda x: jax.tree.structure(x) == pdef)}
 
 
 def _split_micro(x, m: int):

@@ -280,3 +280,15 @@ def test_parse_and_rewards():
                                [1, 0, 0, 2 / 3], rtol=1e-6)
     p, a = R.arithmetic_problems(50, np.random.default_rng(0), digits=(1, 2))
     assert all(eval(s[:-1]) == x for s, x in zip(p, a))
+
+
+@pytest.mark.parametrize("name", sorted(P.POLICY_LOSSES) + ["value"])
+def test_jit_equals_no_jit_pure(name):
+    rng = np.random.default_rng(6)
+    mask = jnp.array(rng.random((3, 5)) > 0.3, jnp.float32)
+    x, y, z = (jnp.array(rng.normal(size=(3, 5)) * 0.3 - 1, jnp.float32) for _ in range(3))
+    fn = P.value_loss if name == "value" else P.POLICY_LOSSES[name]
+    f = jax.value_and_grad(lambda a: fn(a, y, z, mask)[0])
+    (v1, g1), (v2, g2) = f(x), jax.jit(f)(x)
+    np.testing.assert_allclose(v2, v1, rtol=1e-6)
+    np.testing.assert_allclose(g2, g1, rtol=1e-5, atol=1e-7)

@@ -158,3 +158,20 @@ def test_bad_preference_inputs():
         PF.dpo(M1, M1, M1, M1, M1, M1, label_smoothing=0.5)
     with pytest.raises(ValueError, match="variant"):
         PF.tdpo(M1, M1, M1, M1, M1, M1, variant="tdpo3")
+
+
+@pytest.mark.parametrize("name", sorted(PF.PREFERENCE_LOSSES) + ["tdpo1", "tdpo2"])
+def test_jit_equals_no_jit_pure(name):
+    rng = np.random.default_rng(7)
+    arr = [jnp.array(-rng.random((3, 4)), jnp.float32) for _ in range(4)]
+    mw, ml = (jnp.array(rng.random((3, 4)) > 0.3, jnp.float32) for _ in range(2))
+    if name == "simpo":
+        f = lambda a: PF.simpo(a, arr[1], mw, ml)[0]  # noqa: E731
+    elif name.startswith("tdpo"):
+        f = lambda a: PF.tdpo(a, a ** 2, arr[1], arr[2] ** 2, mw, ml, variant=name)[0]  # noqa
+    else:
+        f = lambda a: PF.PREFERENCE_LOSSES[name](a, *arr[1:], mw, ml)[0]  # noqa: E731
+    f = jax.value_and_grad(f)
+    (v1, g1), (v2, g2) = f(arr[0]), jax.jit(f)(arr[0])
+    np.testing.assert_allclose(v2, v1, rtol=1e-6)
+    np.testing.assert_allclose(g2, g1, rtol=1e-5, atol=1e-7)
