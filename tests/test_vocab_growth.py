@@ -51,7 +51,7 @@ def test_new_token_gets_exactly_its_right_components_logit():
         p2, x))
     # old ids keep their logits (a wider matmul may reorder fp32 sums: ulp-level only)
     np.testing.assert_allclose(logits2[..., :TOK.vocab_size], logits1, rtol=1e-5, atol=1e-7)
-    for (l, r), new in tok2.trie.merges.items():
+    for (_l, r), new in tok2.trie.merges.items():
         if new >= TOK.vocab_size and r < TOK.vocab_size:  # same forward pass: bit-identical
             np.testing.assert_array_equal(logits2[..., new], logits2[..., r])
             np.testing.assert_array_equal(p2["embed_VxD"][new], p["embed_VxD"][r])
@@ -70,7 +70,8 @@ def test_untied_unembedding_columns_grow_and_truncate():
     cfg = dataclasses.replace(TINY, vocab_size=10, tie_embeddings=False)
     _, p = tiny_model(cfg)
     p2 = grow_params(p, [3, 7])
-    np.testing.assert_array_equal(p2["unembed_DxV"][:, 10:], np.asarray(p["unembed_DxV"])[:, [3, 7]])
+    un = np.asarray(p["unembed_DxV"])
+    np.testing.assert_array_equal(p2["unembed_DxV"][:, 10:], un[:, [3, 7]])
     np.testing.assert_array_equal(truncate_params(p2, 10)["unembed_DxV"], p["unembed_DxV"])
 
 
