@@ -1,0 +1,242 @@
+"""SFT a tiny byte GPT on integer arithmetic, then RL from a verifiable reward with 7 losses.
+
+    python -m experiments.grpo_arithmetic --preset tiny     # CPU (2 cores), about 8-10 minutes
+    python -m experiments.grpo_arithmetic --preset tiny --set exp.methods=grpo,dapo rl.group_size=4
+
+Problems ``"a+b="`` / ``"a-b="`` are generated with a seed: 1-2 digit operands for training and
+the in-distribution held-out set (disjoint problems), 3-digit operands for the longer-operand
+held-out set. SFT (masked to the answer + EOS) on the training pool, then from the same SFT
+checkpoint RL with each of ``exp.methods`` (grpo, dr_grpo, dapo, gspo, cispo, dcpo, ppo+GAE):
+reward = exact answer match + 0.1 * strict format (+ DAPO's overlong shaping for dapo; dapo also
+uses dynamic sampling). Greedy held-out accuracy vs RL step, mean response length, clip
+fractions and k3 KL to the reference are logged. Writes checkpoints to ``--workdir`` and the
+record (README.md, config.json, versions.json, metrics.jsonl, plot.png) to ``exp.results_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from experiments.base import main, prepare_run_dir
+from experiments.config import Config, RunCfg
+from lm.model import ModelCfg
+from lm.optim import OptCfg
+from lm.sample import SampleCfg, generate
+from lm.sharding import MeshCfg
+from lm.train import TrainCfg
+from rl import rewards as RW
+from rl.loop import RLCfg, RLTask, train_rl
+from rl.losses import LossCfg
+from tokenization.bytes import ByteTokenizer
+
+TOK = ByteTokenizer()
+PROMPT_LEN = 8  # "999+999=" fits
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpCfg:
+    methods: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo", "cispo", "dcpo", "ppo")
+    sft_steps: int = 600
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+    train_pool: int = 4000
+    eval_n: int = 256
+    digits: tuple[int, ...] = (1, 2)
+    long_digits: tuple[int, ...] = (3, 3)
+    format_weight: float = 0.1
+    overlong_cache: int = 2  # DAPO overlong shaping window (dapo only)
+    results_dir: str = "results/grpo_arithmetic"
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig(Config):
+    rl: RLCfg = RLCfg()
+    loss: LossCfg = LossCfg()
+    exp: ExpCfg = ExpCfg()
+
+
+def tiny() -> GRPOConfig:
+    return GRPOConfig(
+        model=ModelCfg(vocab_size=264, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32),
+        opt=OptCfg(lr=2e-4, warmup=0, schedule="constant", weight_decay=0.0),
+        mesh=MeshCfg(data=-1),
+        train=TrainCfg(loss="grpo", steps=40, batch_size=128, seq_len=16, ckpt_every=20),
+        rl=RLCfg(group_size=8, prompts_per_step=16, mu=2, max_new_tokens=6, eval_every=10),
+        run=RunCfg(name="grpo_arithmetic_tiny", sample_tokens=0, progress=False))
+
+
+PRESETS = {"tiny": tiny}
+
+
+def encode_prompts(prompts):
+    out = np.full((len(prompts), PROMPT_LEN), TOK.pad_id, np.int32)
+    lens = np.zeros(len(prompts), np.int32)
+    for i, p in enumerate(prompts):
+        ids = TOK.encode(p)
+        out[i, : len(ids)], lens[i] = ids, len(ids)
+    return out, lens
+
+
+def make_sets(e: ExpCfg, seed: int):
+    rng = np.random.default_rng(seed)
+    pool = dict(zip(*RW.arithmetic_problems(e.train_pool + e.eval_n * 2, rng, e.digits)))
+    items = list(pool.items())
+    held, train = items[: e.eval_n], items[e.eval_n: e.eval_n + e.train_pool]
+    long_ = list(zip(*RW.arithmetic_problems(e.eval_n, rng, e.long_digits)))
+    return train, held, long_
+
+
+def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
+    """Answer-masked next-token SFT with the shared train step; cached in workdir/sft.npz."""
+    from experiments.base import build
+    from lm import sharding as sh
+    from lm.train import to_host
+    path = os.path.join(workdir, "sft.npz")
+    e = cfg.exp
+    scfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, loss="xent", steps=e.sft_steps, batch_size=e.sft_batch),
+        opt=OptCfg(lr=e.sft_lr, warmup=20))
+    setup = build(scfg)
+    if os.path.exists(path):
+        flat = dict(np.load(path))
+        leaves, tdef = jax.tree.flatten(jax.device_get(setup.state["params"]))
+        return jax.tree.unflatten(tdef, [flat[f"p{i}"] for i in range(len(leaves))])
+    L = cfg.train.seq_len
+    seqs = np.full((len(train), L + 1), TOK.pad_id, np.int32)
+    mask = np.zeros((len(train), L), np.float32)
+    for i, (p, a) in enumerate(train):
+        pi, ai = TOK.encode(p), TOK.encode(str(a), add_eos=True)
+        s = np.concatenate([pi, ai])[: L + 1]
+        seqs[i, : len(s)] = s
+        mask[i, len(pi) - 1: len(s) - 1] = 1.0
+    rng = np.random.default_rng(cfg.train.seed)
+    state = setup.state
+    for step in range(e.sft_steps):
+        idx = rng.integers(0, len(train), e.sft_batch)
+        b = {"inputs": seqs[idx, :-1], "targets": seqs[idx, 1:], "mask": mask[idx]}
+        state, met = setup.train_step(state, sh.shard_batch(b, setup.mesh))
+        if (step + 1) % 100 == 0:
+            print(f"sft step {step + 1}: loss {to_host(met)['loss']:.4f}", flush=True)
+    params = jax.device_get(state["params"])
+    np.savez(path, **{f"p{i}": x for i, x in enumerate(jax.tree.leaves(params))})
+    return params
+
+
+def accuracy(graphdef, params, items, max_new: int) -> tuple[float, float]:
+    """Greedy exact-match accuracy and mean completion length (tokens incl. EOS)."""
+    prompts, answers = [p for p, _ in items], [a for _, a in items]
+    x, lens = encode_prompts(prompts)
+    out = generate(graphdef, params, x, lens, SampleCfg(max_new_tokens=max_new, temperature=0,
+                                                         eos_id=TOK.eos_id, pad_id=TOK.pad_id))
+    toks, n = np.asarray(out["tokens_BxT"]), np.asarray(out["lengths_B"])
+    texts = [TOK.decode(t[:k]) for t, k in zip(toks, n)]
+    return float(RW.exact_match(texts, answers).mean()), float(n.mean())
+
+
+def make_task(cfg: GRPOConfig, train, held, long_, method: str) -> RLTask:
+    e, rc = cfg.exp, cfg.rl
+    overlong = method == "dapo" and e.overlong_cache > 0
+
+    def prompts(i):
+        rng = np.random.default_rng([cfg.train.seed, i])
+        ids = rng.choice(len(train), rc.prompts_per_step, replace=False)
+        x, lens = encode_prompts([train[j][0] for j in ids])
+        return x, lens, [train[j][1] for j in ids], ids
+
+    def reward(texts, answers, finished, lengths):
+        acc = RW.exact_match(texts, answers)
+        fmt = RW.format_reward(texts, finished)
+        r = acc + e.format_weight * fmt
+        if overlong:
+            r = r + RW.overlong_penalty(lengths, rc.max_new_tokens, e.overlong_cache)
+        return r, {"train_accuracy": float(acc.mean()), "format": float(fmt.mean())}
+
+    def evaluate(graphdef, params):
+        a_in, len_in = accuracy(graphdef, params, held, rc.max_new_tokens)
+        a_long, _ = accuracy(graphdef, params, long_, rc.max_new_tokens)
+        return {"acc_heldout": a_in, "acc_long": a_long, "greedy_length": len_in}
+
+    return RLTask(prompts, reward, evaluate, lambda ids: TOK.decode(ids), len(train),
+                  TOK.eos_id, TOK.pad_id)
+
+
+def table(records: dict, base: dict) -> tuple[str, list[str]]:
+    """Markdown results table (final held-out accuracy etc. per method) and its rows."""
+    head = ("| method | held-out acc (SFT -> RL) | long-operand acc | train reward (last 5) | "
+            "resp. length | clipfrac | k3 KL to ref |\n|---|---|---|---|---|---|---|")
+    rows = []
+    for m, recs in records.items():
+        ev = [r for r in recs if r["split"] == "eval"]
+        trn = [r for r in recs if r["split"] == "train"][-5:]
+        mean = lambda k, trn=trn: float(np.mean([r.get(k, np.nan) for r in trn]))  # noqa: E731
+        rows.append(f"| {m} | {base['acc_heldout']:.3f} -> {ev[-1]['acc_heldout']:.3f} | "
+                    f"{base['acc_long']:.3f} -> {ev[-1]['acc_long']:.3f} | "
+                    f"{mean('reward'):.3f} | {mean('response_length'):.2f} | "
+                    f"{mean('pg_clipfrac'):.3f} | {mean('kl_ref'):.4f} |")
+    return head + "\n" + "\n".join(rows), rows
+
+
+def plot(records: dict, base: dict, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for m, recs in records.items():
+        ev = [r for r in recs if r["split"] == "eval"]
+        trn = [r for r in recs if r["split"] == "train"]
+        axes[0].plot([r["step"] for r in ev], [r["acc_heldout"] for r in ev], "o-", label=m)
+        axes[1].plot([r["step"] for r in trn], [r.get("response_length", 0) for r in trn],
+                     label=m)
+        axes[2].plot([r["step"] for r in trn], [r.get("kl_ref", 0) for r in trn], label=m)
+    axes[0].axhline(base["acc_heldout"], color="k", ls=":", label="SFT")
+    for ax, t in zip(axes, ("greedy held-out accuracy", "mean response length (tokens)",
+                            "k3 KL to reference (token mean)")):
+        ax.set_title(t)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: GRPOConfig, workdir: str, argv=None) -> dict:
+    from experiments.base import build
+    from lm.losses import get_loss
+    from lm.sharding import ConfigError
+    from rl import report
+    for m in cfg.exp.methods:
+        if getattr(get_loss(m), "kind", None) != "policy":
+            raise ConfigError(f"exp.methods: {m!r} is not a registered policy loss")
+    prepare_run_dir(workdir, cfg)
+    train, held, long_ = make_sets(cfg.exp, cfg.train.seed)
+    sft_params = sft(cfg, workdir, train)
+    gd = build(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss="xent"))
+               ).graphdef
+    base = {"acc_heldout": accuracy(gd, sft_params, held, cfg.rl.max_new_tokens)[0],
+            "acc_long": accuracy(gd, sft_params, long_, cfg.rl.max_new_tokens)[0]}
+    print(f"SFT: held-out {base['acc_heldout']:.3f}, long {base['acc_long']:.3f}", flush=True)
+    records = {}
+    for m in cfg.exp.methods:
+        mcfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, loss=m),
+            rl=dataclasses.replace(cfg.rl, dynamic_sampling=cfg.rl.dynamic_sampling or
+                                   m == "dapo"))
+        task = make_task(mcfg, train, held, long_, m)
+        records[m] = train_rl(mcfg, os.path.join(workdir, m), task=task,
+                              policy_params=sft_params, ref_params=sft_params)
+    md, _ = table(records, base)
+    print(md)
+    out = cfg.exp.results_dir
+    os.makedirs(out, exist_ok=True)
+    plot(records, base, os.path.join(out, "plot.png"))
+    report.write(out, cfg, argv, records, {"sft": base}, md)
+    return {"records": records, "sft": base, "table": md}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(PRESETS, run))
