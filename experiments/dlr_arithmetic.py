@@ -171,6 +171,13 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
     from rl import dlr_tasks as T
     from rl.dlr_plot import plot, table
 
+    ex, t0 = cfg.exp, time.perf_counter()
+    for method in ex.methods:
+        method_model(cfg, method)  # ConfigError before any work
+    if not set(ex.tasks) <= set(T.TASKS) or not ex.seeds:
+        from lm.sharding import ConfigError
+        raise ConfigError(f"exp.tasks={ex.tasks} must be a non-empty subset of {T.TASKS} "
+                          "and exp.seeds non-empty")
     os.makedirs(workdir, exist_ok=True)
     ex, t0 = cfg.exp, time.perf_counter()
     for name, obj in (("config.json", to_dict(cfg)), ("versions.json", M.provenance(argv))):

@@ -40,7 +40,10 @@ def make(task: str, n: int, seed: int) -> dict:
         op = (_digits(a, N_DIG)[:, 0] % 2).astype(np.int64)  # even leading digit -> '+'
     else:
         op = rng.integers(0, 2, n)
-    a, b = np.where(op == 1, np.maximum(a, b), a), np.where(op == 1, np.minimum(a, b), b)
+    if task == "hidden":  # keep a (it carries the rule); draw b <= a for subtraction
+        b = np.where(op == 1, (rng.random(n) * (a + 1)).astype(np.int64), b)
+    else:
+        a, b = np.where(op == 1, np.maximum(a, b), a), np.where(op == 1, np.minimum(a, b), b)
     c = np.where(op == 0, a + b, a - b)
     ad, bd = _digits(a, ANS)[:, ::-1], _digits(b, ANS)[:, ::-1]  # least significant first
     carry = np.zeros((n, ANS), np.int64)  # carry/borrow INTO digit j

@@ -139,7 +139,8 @@ def test_loss_selects_argmax_among_its_sampled_candidates_greedy_first():
     gd, p = tiny_model(MCFG)
     p = random_codebook(p, scale=2.0)
     b = {k: jnp.asarray(v) for k, v in random_batch(4, 10, 64, seed=3).items()}
-    t = dlr.dlr_terms(p, b, model=gd, rng=jax.random.key(5), cfg=cfg_with(n_search=6))
+    t = jax.jit(lambda q: dlr.dlr_terms(q, b, model=gd, rng=jax.random.key(5),
+                                        cfg=cfg_with(n_search=6)))(p)
     assert t["scores_NxB"].shape == (7, 4)  # greedy + 6 draws
     np.testing.assert_array_equal(t["best_B"], np.argmax(np.asarray(t["scores_NxB"]), 0))
     m = bind(gd, p)
@@ -152,8 +153,9 @@ def test_loss_selects_argmax_among_its_sampled_candidates_greedy_first():
 
 
 def grads(cfg, params, batch):
-    return jax.grad(lambda q: dlr.dlr_loss(q, batch, model=tiny_model(cfg.model)[0],
-                                           rng=jax.random.key(0), cfg=cfg)[0])(params)
+    gd = tiny_model(cfg.model)[0]
+    return jax.jit(jax.grad(lambda q: dlr.dlr_loss(q, batch, model=gd, rng=jax.random.key(0),
+                                                   cfg=cfg)[0]))(params)
 
 
 def test_router_gradient_only_from_policy_and_prior_terms():
@@ -238,6 +240,7 @@ def test_layer_zero_routes_on_embeddings():
     cfg = cfg_with(layer=0)
     gd, p = tiny_model(cfg.model)
     b = {k: jnp.asarray(v) for k, v in random_batch(2, 8, 64).items()}
-    loss, aux = dlr.dlr_loss(p, b, model=gd, rng=jax.random.key(0), cfg=cfg)
+    loss, aux = jax.jit(lambda q: dlr.dlr_loss(q, b, model=gd, rng=jax.random.key(0),
+                                               cfg=cfg))(p)
     np.testing.assert_allclose(float(aux["xent"][0]), float(aux["xent_steered"][0]), rtol=1e-6)
     assert np.isfinite(float(loss))

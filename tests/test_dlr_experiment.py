@@ -1,0 +1,63 @@
+"""The DLR arithmetic experiment end to end (smoke preset) and its pure pieces."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import dlr_arithmetic as E
+from experiments.base import main
+from rl import dlr_tasks as T
+
+
+def test_task_generator_answers_and_carries_are_right():
+    d = T.make("addsub", 64, seed=0)
+    toks = d["tokens"]
+    num = lambda row: int("".join(map(str, row)))
+    for r in range(64):
+        a, b = num(toks[r, :6]), num(toks[r, 7:13])
+        c = num(toks[r, T.PROMPT:][::-1])
+        assert c == (a + b if toks[r, 6] == T.PLUS else a - b) and toks[r, 13] == T.EQ
+        ad, bd = f"{a:07d}"[::-1], f"{b:07d}"[::-1]
+        carry = 0
+        for j in range(T.ANS):
+            assert d["carry"][r, j] == carry
+            s = int(ad[j]) + int(bd[j]) + carry if d["op"][r] == 0 else int(ad[j]) - int(
+                bd[j]) - carry
+            carry = int(s >= 10) if d["op"][r] == 0 else int(s < 0)
+    h = T.make("hidden", 64, seed=1)
+    assert (h["tokens"][:, 6] == T.HIDDEN).all()
+    np.testing.assert_array_equal(h["op"], h["tokens"][:, 0] % 2)
+    b = T.to_batch(toks[:2])
+    assert b["mask"].sum() == 2 * T.ANS and b["mask"][0, T.PROMPT - 1] == 1
+
+
+def test_mutual_information_and_bootstrap_hand_cases():
+    assert T.mutual_information([0, 1, 0, 1], [1, 0, 1, 0]) == pytest.approx(1.0)
+    assert T.mutual_information([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)
+    assert T.entropy_bits([0, 1, 2, 3]) == pytest.approx(2.0)
+    mean, lo, hi = T.bootstrap_ci(np.ones((3, 10)))
+    assert (mean, lo, hi) == (1.0, 1.0, 1.0)
+
+
+def test_unknown_method_is_a_config_error(tmp_path, capsys):
+    rc = main(E.PRESETS, E.run, argv=["--preset", "smoke", "--workdir", str(tmp_path),
+                                      "--set", "exp.methods=sft,bogus"])
+    assert rc == 2 and "bogus" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_preset_end_to_end(tmp_path):
+    rc = main(E.PRESETS, E.run, argv=["--preset", "smoke", "--workdir", str(tmp_path)])
+    assert rc == 0
+    for f in ("config.json", "versions.json", "raw.jsonl", "summary.json", "table.md",
+              "plot.png"):
+        assert os.path.getsize(tmp_path / f) > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {(r["task"], r["method"]) for r in summary["rows"]}
+    assert rows == {(t, m) for t in ("addsub", "hidden") for m in ("base", "sft", "dlr")}
+    recs = [json.loads(x) for x in (tmp_path / "raw.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in recs} == {"pretrain", "post", "eval"}
+    dlr_post = [r for r in recs if r["phase"] == "post" and r["method"] == "dlr"]
+    assert all(np.isfinite(r["loss"]) and "info_gain" in r for r in dlr_post)
