@@ -41,7 +41,7 @@ import numpy as np
 from lm.sharding import ConfigError
 from tokenization.bytes import EOS_ID, PAD_ID, VOCAB_SIZE
 
-SOURCES = ("files", "kjv", "synthetic")
+SOURCES = ("files", "kjv", "synthetic", "bin")  # bin: GPT-2 token shards (lm.data_bin)
 EXTENSIONS = (".jsonl", ".parquet", ".txt")
 TXT_DOCS = ("paragraphs", "file")
 
@@ -102,6 +102,9 @@ def validate(cfg: DataCfg) -> None:
                           "(one document is held out for validation)")
     if cfg.source == "files":
         resolve_paths(cfg)
+    if cfg.source == "bin":
+        from lm.data_bin import validate as validate_bin
+        validate_bin(cfg)
 
 
 def vocab_size(cfg: DataCfg) -> int:
@@ -120,6 +123,9 @@ def split_sources(cfg: DataCfg) -> dict:
     if cfg.source == "synthetic":
         from lm.data_builder import synthetic_splits
         return synthetic_splits(cfg)
+    if cfg.source == "bin":
+        from lm.data_bin import bin_splits
+        return bin_splits(cfg)
     from lm.data_builder import load_prepared, prepare
     if cfg.source == "kjv":  # one book per paragraph, whatever txt_docs says
         cfg = dataclasses.replace(cfg, txt_docs="paragraphs")

@@ -1,0 +1,57 @@
+"""Shared bits of the three GAPT experiments: the arms/seeds section, summaries, result files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from experiments.config import Config, to_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpCfg:
+    arms: tuple[str, ...] = ("ce", "gapt", "mbe", "l2")
+    seeds: tuple[int, ...] = (0, 1)
+    out: str = ""  # results folder (README, table, plot); "" = <workdir>/results
+
+
+@dataclasses.dataclass(frozen=True)
+class GaptConfig(Config):
+    exp: ExpCfg = ExpCfg()
+
+
+def mean_std(xs) -> str:
+    xs = np.asarray([x for x in xs if x is not None], np.float64)
+    if xs.size == 0:
+        return "n/a"
+    if xs.size == 1:
+        return f"{xs[0]:.4f}"
+    return f"{xs.mean():.4f} ± {xs.std(ddof=1):.4f}"
+
+
+def rel_change(new, base) -> str:
+    new, base = np.mean(new), np.mean(base)
+    return f"{100.0 * (new - base) / abs(base):+.1f}%"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(out: str, cfg, records: list[dict], readme: str, argv=None) -> None:
+    """config.json, versions.json, results.jsonl (every record), README.md into ``out``."""
+    from lm import metrics as M
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, fh, indent=2)
+    with open(os.path.join(out, "versions.json"), "w") as fh:
+        json.dump(M.provenance(argv), fh, indent=2)
+    with open(os.path.join(out, "results.jsonl"), "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+    with open(os.path.join(out, "README.md"), "w") as fh:
+        fh.write(readme)
