@@ -1,0 +1,282 @@
+"""DPO, cDPO, IPO, SimPO, TDPO1, TDPO2 from one SFT reference on programmatic preference pairs.
+
+    python -m experiments.tdpo_pairs --preset tiny           # CPU (2 cores), about 6-8 minutes
+    python -m experiments.tdpo_pairs --preset tiny --set data.paths=pairs.jsonl   # real pairs
+
+Task: prompt ``"S123:"``, completion 6 digits + EOS; reward = fraction of adjacent digit pairs
+that are non-decreasing (``rl.rewards.sorted_fraction``). The reference is SFT-ed on uniformly
+random digit completions; preference pairs are two samples of the reference per prompt, the
+higher-reward one chosen (ties dropped). Each method trains from the reference for
+``train.steps`` steps; every ``exp.eval_every`` steps we sample held-out completions (T=1) and
+log mean reward, sequence KL(policy || reference) (exact full-vocabulary KL at each sampled
+position, summed over the completion), distinct-2 and policy entropy (diversity), and the
+preference accuracy of the implicit reward (sequence log-ratio) on held-out pairs.
+With ``data.paths`` (JSONL ``{prompt, chosen, rejected}``, HH-RLHF / UltraFeedback shape; byte
+tokens, truncated) the SFT uses the chosen responses and only KL / preference accuracy are
+reported (there is no programmatic reward). Results to ``exp.results_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.base import build, main, prepare_run_dir
+from experiments.config import Config, RunCfg
+from lm import sharding as sh
+from lm.data import DataCfg
+from lm.losses import bind
+from lm.model import ModelCfg
+from lm.optim import OptCfg
+from lm.sample import SampleCfg, generate, splice
+from lm.sharding import ConfigError, MeshCfg
+from lm.train import TrainCfg, to_host
+from rl import report
+from rl import rewards as RW
+from rl.losses import LossCfg, pref_logps
+from tokenization.bytes import ByteTokenizer
+
+TOK = ByteTokenizer()
+
+
+@dataclasses.dataclass(frozen=True)
+class PairExpCfg:
+    methods: tuple[str, ...] = ("dpo", "cdpo", "ipo", "simpo", "tdpo1", "tdpo2")
+    sft_steps: int = 300
+    sft_lr: float = 3e-3
+    n_prompts: int = 1500
+    n_eval_pairs: int = 256
+    n_eval_samples: int = 128
+    comp_len: int = 6
+    eval_every: int = 20
+    max_prompt: int = 48  # bytes kept of a JSONL prompt
+    max_completion: int = 48
+    results_dir: str = "results/tdpo_pairs"
+
+
+@dataclasses.dataclass(frozen=True)
+class PairConfig(Config):
+    loss: LossCfg = LossCfg()
+    exp: PairExpCfg = PairExpCfg()
+
+
+def tiny() -> PairConfig:
+    return PairConfig(
+        model=ModelCfg(vocab_size=264, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32),
+        opt=OptCfg(lr=5e-4, warmup=5, schedule="constant", weight_decay=0.0),
+        data=DataCfg(source="synthetic"), mesh=MeshCfg(data=-1),
+        train=TrainCfg(loss="dpo", steps=60, batch_size=32, seq_len=16, ckpt_every=1000),
+        run=RunCfg(name="tdpo_pairs_tiny", sample_tokens=0, progress=False))
+
+
+PRESETS = {"tiny": tiny}
+
+
+def pack(prompts, completions, S):
+    """Right-padded [N, S] tokens and completion masks (EOS appended to completions)."""
+    toks = np.full((len(prompts), S), TOK.pad_id, np.int32)
+    mask = np.zeros((len(prompts), S), np.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids = np.concatenate([p, c, [TOK.eos_id]])[:S]
+        toks[i, : len(ids)] = ids
+        mask[i, len(p): len(ids)] = 1.0
+    return toks, mask
+
+
+def synthetic_prompts(n, rng):
+    return [TOK.encode("S" + "".join(map(str, rng.integers(0, 10, 3))) + ":") for _ in range(n)]
+
+
+def load_jsonl(paths, e: PairExpCfg):
+    import glob
+    rows = []
+    for pat in paths:
+        for f in sorted(glob.glob(pat)):
+            with open(f) as fh:
+                rows += [json.loads(line) for line in fh if line.strip()]
+    if not rows:
+        raise ConfigError(f"data.paths={paths} holds no JSONL {{prompt, chosen, rejected}} rows")
+    enc = lambda s, n: TOK.encode(s)[:n]  # noqa: E731
+    return [(enc(r["prompt"], e.max_prompt), enc(r["chosen"], e.max_completion),
+             enc(r["rejected"], e.max_completion)) for r in rows]
+
+
+def sft(cfg, prompts, completions, S):
+    scfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, loss="xent", steps=cfg.exp.sft_steps, batch_size=64),
+        opt=OptCfg(lr=cfg.exp.sft_lr, warmup=20))
+    setup = build(scfg)
+    toks, mask = pack(prompts, completions, S + 1)
+    rng, state = np.random.default_rng(cfg.train.seed), setup.state
+    for _ in range(cfg.exp.sft_steps):
+        idx = rng.integers(0, len(toks), 64)
+        b = {"inputs": toks[idx, :-1], "targets": toks[idx, 1:], "mask": mask[idx, 1:]}
+        state, met = setup.train_step(state, sh.shard_batch(b, setup.mesh))
+    print(f"SFT done: loss {to_host(met)['loss']:.4f}", flush=True)
+    return setup.graphdef, jax.device_get(state["params"])
+
+
+def sample(gd, params, prompts, n_new, seed):
+    P = max(len(p) for p in prompts)
+    x = np.full((len(prompts), P), TOK.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        x[i, : len(p)] = p
+    lens = np.array([len(p) for p in prompts], np.int32)
+    out = generate(gd, params, x, lens, SampleCfg(max_new_tokens=n_new, temperature=1.0,
+                                                  eos_id=TOK.eos_id, pad_id=TOK.pad_id),
+                   jax.random.key(seed))
+    seq, mask = splice(x, lens, out["tokens_BxT"], out["mask_BxT"], TOK.pad_id)
+    comps = [t[: int(n)] for t, n in zip(np.asarray(out["tokens_BxT"]),
+                                         np.asarray(out["lengths_B"]))]
+    return np.asarray(seq), np.asarray(mask, np.float32), comps
+
+
+@jax.jit
+def _kl_entropy(gd_params, ref_params, tokens, mask):
+    gd, params = gd_params
+    lp = jax.nn.log_softmax(bind(gd, params)(tokens[:, :-1]), -1)
+    lr = jax.nn.log_softmax(bind(gd, ref_params)(tokens[:, :-1]), -1)
+    m = mask[:, 1:]
+    kl = (jnp.exp(lp) * (lp - lr)).sum(-1)
+    ent = -(jnp.exp(lp) * lp).sum(-1)
+    return (kl * m).sum(-1).mean(), (ent * m).sum() / m.sum()
+
+
+def distinct2(comps) -> float:
+    grams = [tuple(c[i: i + 2]) for c in comps for i in range(len(c) - 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward):
+    seq, mask, comps = sample(gd, params, eval_prompts, e.comp_len + 1, 1000 + step)
+    kl, ent = _kl_entropy((gd, params), ref, jnp.asarray(seq), jnp.asarray(mask))
+    texts = [TOK.decode(c) for c in comps]
+    ct, cm, rt, rm = eval_pairs
+    toks = jnp.asarray(np.concatenate([ct, rt]))
+    lr = np.asarray(pref_logps(gd, params, toks) - pref_logps(gd, ref, toks))
+    m = np.concatenate([cm, rm])
+    r = (lr * m).sum(-1)
+    n = len(ct)
+    out = {"seq_kl": float(kl), "entropy": float(ent), "distinct2": distinct2(comps),
+           "unique": len({tuple(c) for c in comps}) / len(comps),
+           "pref_accuracy": float(np.mean(r[:n] > r[n:]))}
+    if has_reward:
+        out["reward"] = float(RW.sorted_fraction(texts).mean())
+    return out
+
+
+def make_pairs(gd, ref, prompts, e, seed):
+    """Two reference samples per prompt, chosen = higher sorted fraction, ties dropped."""
+    _, _, comps = sample(gd, ref, prompts + prompts, e.comp_len + 1, seed)
+    n = len(prompts)
+    score = RW.sorted_fraction([TOK.decode(c) for c in comps])
+    strip = lambda c: c[c != TOK.eos_id]  # noqa: E731
+    out = []
+    for i in range(n):
+        a, b = score[i], score[i + n]
+        if a != b:
+            w, lo = (i, i + n) if a > b else (i + n, i)
+            out.append((prompts[i], strip(comps[w]), strip(comps[lo])))
+    return out
+
+
+def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
+    from lm.losses import get_loss
+    e = cfg.exp
+    for m in e.methods:
+        if getattr(get_loss(m), "kind", None) != "preference":
+            raise ConfigError(f"exp.methods: {m!r} is not a registered preference loss")
+    prepare_run_dir(workdir, cfg)
+    rng = np.random.default_rng(cfg.train.seed)
+    S = cfg.train.seq_len
+    if cfg.data.paths:
+        triples = load_jsonl(cfg.data.paths, e)
+        gd, ref = sft(cfg, [t[0] for t in triples], [t[1] for t in triples], S)
+        has_reward = False
+    else:
+        prompts = synthetic_prompts(e.n_prompts, rng)
+        comps = [np.array([ord("0") + d for d in rng.integers(0, 10, e.comp_len)], np.int32)
+                 for _ in prompts]
+        gd, ref = sft(cfg, prompts, comps, S)
+        triples = make_pairs(gd, ref, prompts, e, seed=1)
+        has_reward = True
+    n_eval = min(e.n_eval_pairs, len(triples) // 4)
+    ev_t, tr_t = triples[:n_eval], triples[n_eval:]
+    ct, cm = pack([t[0] for t in ev_t], [t[1] for t in ev_t], S)
+    rt, rm = pack([t[0] for t in ev_t], [t[2] for t in ev_t], S)
+    eval_pairs = (ct, cm, rt, rm)
+    eval_prompts = [t[0] for t in ev_t][: e.n_eval_samples]
+    print(f"{len(tr_t)} train pairs, {n_eval} held-out pairs", flush=True)
+    records = {}
+    base = evaluate(gd, ref, ref, eval_prompts, eval_pairs, e, 0, has_reward)
+    for m in e.methods:
+        mcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=m))
+        setup = build(mcfg, loss_state={"ref_params": ref})
+        state = dict(setup.state)
+        state["params"] = jax.tree.map(lambda x, s: jax.device_put(x, s), ref,
+                                       setup.state_sharding["params"])
+        recs = [{"step": 0, "split": "eval", **base}]
+        B = cfg.train.batch_size
+        prng = np.random.default_rng([cfg.train.seed, 7])
+        for step in range(cfg.train.steps):
+            idx = prng.integers(0, len(tr_t), B)
+            c_t, c_m = pack([tr_t[i][0] for i in idx], [tr_t[i][1] for i in idx], S)
+            r_t, r_m = pack([tr_t[i][0] for i in idx], [tr_t[i][2] for i in idx], S)
+            b = sh.shard_batch({"chosen_tokens": c_t, "chosen_mask": c_m,
+                                "rejected_tokens": r_t, "rejected_mask": r_m}, setup.mesh)
+            state, met = setup.train_step(state, b)
+            recs.append({"step": step + 1, "split": "train", **to_host(met)})
+            if (step + 1) % e.eval_every == 0 or step + 1 == cfg.train.steps:
+                ev = evaluate(gd, jax.device_get(state["params"]), ref, eval_prompts,
+                              eval_pairs, e, step + 1, has_reward)
+                recs.append({"step": step + 1, "split": "eval", **ev})
+                print(f"[{m}] step {step + 1}: " + " ".join(f"{k} {v:.3f}"
+                                                            for k, v in ev.items()), flush=True)
+        records[m] = recs
+    md = table(records, base, has_reward)
+    print(md)
+    os.makedirs(e.results_dir, exist_ok=True)
+    plot(records, has_reward, os.path.join(e.results_dir, "plot.png"))
+    report.write(e.results_dir, cfg, argv, records, {"reference": base}, md)
+    return {"records": records, "reference": base, "table": md}
+
+
+def table(records, base, has_reward) -> str:
+    cols = (["reward"] if has_reward else []) + ["seq_kl", "pref_accuracy", "distinct2",
+                                                 "unique", "entropy"]
+    head = "| method | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols)
+    rows = ["| reference (SFT) | " + " | ".join(f"{base[c]:.3f}" for c in cols) + " |"]
+    for m, recs in records.items():
+        ev = [r for r in recs if r["split"] == "eval"][-1]
+        rows.append(f"| {m} | " + " | ".join(f"{ev[c]:.3f}" for c in cols) + " |")
+    return head + "\n" + "\n".join(rows)
+
+
+def plot(records, has_reward, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ykey = "reward" if has_reward else "pref_accuracy"
+    for m, recs in records.items():
+        ev = [r for r in recs if r["split"] == "eval"]
+        axes[0].plot([r["seq_kl"] for r in ev], [r[ykey] for r in ev], "o-", label=m)
+        axes[1].plot([r["step"] for r in ev], [r["distinct2"] for r in ev], "o-", label=m)
+    axes[0].set(xlabel="sequence KL(policy || reference), nats", ylabel=ykey,
+                title=f"{ykey} vs KL frontier (points = evals over training)")
+    axes[1].set(xlabel="step", ylabel="distinct-2 of samples", title="diversity")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(PRESETS, run))
