@@ -19,6 +19,19 @@ on the full held-out split (deterministic) and on ``eval_random_batches`` seeded
 (the paper's 10 x 256 x 256); the baselines keep the paper's LR span of one stage
 (``vocab.baseline_lr_span="stage"``; "run" stretches the schedule over the whole baseline). Text is
 whitespace-normalized and encoded in ~2048-character chunks (no dropped tokens, spec §7.4).
+
+Vocabulary growth in the model (``lm.vocab_growth``): the **padded path** (``vocab.padded=true``,
+default). Params are padded to ``V_pad`` rows (``V_k`` rounded up to ``vocab.pad_multiple``),
+logits of ids ``>= V_k`` are ``-inf`` (``masked_xent``; the loss equals the unpadded one), and
+``n_active = V_k`` rides in the train state's ``loss_state``, so one compiled train step and one
+compiled eval function per ``(V_pad, LR span)`` serve every curriculum stage, every baseline and
+the surprisal pass of ``expand``; a stage only gets a fresh optimizer state. Chosen because it
+measured faster: ``benchmarks/bench_vocab_growth.py`` (tiny shapes, 5 stages x 150 steps, 2 CPU
+cores) gave recompile/padded wall-time ratio 2.85 (200.8 s vs 70.4 s): a CPU compile costs more
+than the extra masked logits. ``--set vocab.padded=false`` recompiles per stage and per run
+(``StageTrainer`` at exactly ``V_k``). Fresh inits differ between the two paths only in the
+embedding rows' random draw (same N(0, 0.02) distribution); FLOP matching counts the nominal
+``V_k`` either way.
 """
 
 from __future__ import annotations
@@ -63,6 +76,8 @@ class VocabCfg:
     eval_batch: int = 32
     eval_random_batches: int = 10
     eval_random_len: int = 128
+    padded: bool = True  # one compiled step at V_pad rows, masked logits (false: recompile)
+    pad_multiple: int = 256  # V_pad = V_k rounded up to this (a new V_pad = one more compile)
     seed: int = 0
 
     def __post_init__(self):
@@ -74,8 +89,9 @@ class VocabCfg:
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ConfigError(f"vocab.baselines has {bad}; allowed: {list(BASELINES)}")
-        if self.stages < 1 or self.stage_steps < 1 or self.M < 1:
-            raise ConfigError("vocab.stages, vocab.stage_steps and vocab.M must be >= 1")
+        if self.stages < 1 or self.stage_steps < 1 or self.M < 1 or self.pad_multiple < 1:
+            raise ConfigError("vocab.stages, vocab.stage_steps, vocab.M and vocab.pad_multiple "
+                              "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +167,24 @@ class Runner:
         from lm.metrics import MetricsWriter
         self.cfg, self.mesh, self.workdir = cfg, mesh, workdir
         self.writer = MetricsWriter(workdir)
+        self.trainers = {}  # (V_pad, lr_span) -> PaddedTrainer (one compile each)
+
+    def padded(self, V: int, lr_span: int):
+        from lm.vocab_growth import PaddedTrainer, pad_capacity
+        key = (pad_capacity(V, self.cfg.vocab.pad_multiple), lr_span)
+        if key not in self.trainers:
+            self.trainers[key] = PaddedTrainer.create(self.cfg, self.mesh, key[0],
+                                                      total_steps=lr_span)
+        return self.trainers[key]
+
+    def nll_fn(self, V: int, lr_span: int):
+        """Eval ``nll(params [V, D], inputs, targets)`` for ``expand`` (padded: no new compile)."""
+        from lm.vocab_growth import make_nll_fn, pad_params
+        if not self.cfg.vocab.padded:
+            return make_nll_fn(_graphdef(dataclasses.replace(self.cfg.model, vocab_size=V)))
+        pt = self.padded(V, lr_span)
+        f = pt.nll(V)
+        return lambda p, x, y: f(pad_params(p, pt.v_pad), x, y)
 
     def train(self, name, train_T, val_T, V, params, steps, lr_span, len_V, pad_id):
         from lm import sharding as sh
@@ -159,8 +193,16 @@ class Runner:
         from lm.vocab_growth import StageTrainer
 
         cfg, vc, tr = self.cfg, self.cfg.vocab, self.cfg.train
-        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=V))
-        st = StageTrainer.create(c, self.mesh, params, total_steps=lr_span)
+        if not 0 <= pad_id < V:  # a masked target at an inactive id would give inf * 0
+            raise ValueError(f"pad_id={pad_id} outside the active vocabulary of {V}")
+        if vc.padded:
+            pt = self.padded(V, lr_span)
+            state, step_fn, nll_fn = pt.start(params, V), pt.train_step, pt.nll(V)
+            unpad = lambda p: pt.unpad(p, V)
+        else:
+            c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=V))
+            st = StageTrainer.create(c, self.mesh, params, total_steps=lr_span)
+            state, step_fn, nll_fn, unpad = st.state, st.train_step, st.nll, jax_get
         rng = np.random.default_rng([vc.seed, V, steps])
         L = tr.seq_len
 
@@ -181,22 +223,22 @@ class Runner:
             if step % vc.select_every and step != steps:
                 return
             p = state["params"]
-            loss = float(token_nll(st.nll, p, sel, vc.eval_batch).mean())
+            loss = float(token_nll(nll_fn, p, sel, vc.eval_batch).mean())
             self.writer.write(step, {"run": name, "V": V, "select_loss": loss}, "select")
             if loss < best["loss"]:
                 best.update(loss=loss, params=jax_get(p), step=step)
 
         t0 = time.perf_counter()
-        train_loop(st.state, st.train_step, batches(), steps=steps, on_metrics=on_metrics,
+        train_loop(state, step_fn, batches(), steps=steps, on_metrics=on_metrics,
                    on_step_end=on_step_end, sync_at=lambda s: s % vc.select_every == 0,
                    tokens_per_step=tr.batch_size * L)
         p = best["params"]
         full = full_windows(val_T, L, pad_id)
-        nll = token_nll(st.nll, p, full, vc.eval_batch)
+        nll = token_nll(nll_fn, p, full, vc.eval_batch)
         res = bpc(nll, full["targets"], full["mask"], len_V)
         rw = random_windows(val_T, vc.eval_random_batches * vc.eval_batch, vc.eval_random_len,
                             seed=vc.seed + 1)
-        rnll = token_nll(st.nll, p, rw, vc.eval_batch)
+        rnll = token_nll(nll_fn, p, rw, vc.eval_batch)
         out = {"run": name, "V": V, "steps": steps, "best_step": best["step"],
                "bpc": res["bpc"], "bpc_random": bpc_batch_mean(rnll, rw["targets"], len_V,
                                                                vc.eval_batch),
@@ -205,7 +247,7 @@ class Runner:
         self.writer.write(steps, out, "eval")
         print(f"[{name}] V={V} steps={steps} BPC={out['bpc']:.4f} "
               f"(random windows {out['bpc_random']:.4f}) {out['seconds']:.0f}s", flush=True)
-        return out, p, (nll, full)
+        return out, unpad(p), (nll, full)
 
 
 def jax_get(p):
@@ -255,14 +297,11 @@ def run(cfg: VocabConfig, workdir: str, argv=None) -> dict:
     rows.append({**res, "stage": 0, "mean_token_len": tok.mean_token_len()})
     curves[0] = _curves(token_length_curve, nll, full, tok.lengths())
     tok.save(os.path.join(workdir, "tokenizer_stage0.json"))
-    from lm.vocab_growth import make_nll_fn
     for k in range(1, vc.stages + 1):
-        c = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
-        graphdef = _graphdef(c)
         pool = _pool_batches(train_T, vc, k)
         t0 = time.perf_counter()
-        tok, params, rep = tok.expand(params, pool, model=graphdef, M=vc.M, tau=vc.tau, q=vc.q,
-                                      seed=vc.seed + k, nll_fn=make_nll_fn(graphdef))
+        tok, params, rep = tok.expand(params, pool, model=None, M=vc.M, tau=vc.tau, q=vc.q,
+                                      seed=vc.seed + k, nll_fn=R.nll_fn(tok.vocab_size, n))
         train_T, val_T = enc(tok)
         rep["expand_seconds"] = time.perf_counter() - t0
         print(f"[expand {k}] {rep}", flush=True)

@@ -11,28 +11,37 @@ Two ways to let the shapes change, both implemented, measured by
 
 - **recompile per stage** (``grow_params``/``truncate_params`` + a fresh ``StageTrainer``): the
   params have shape ``[V_k, D]``; each stage builds a new optimizer and train step, so XLA
-  compiles once per stage (a few seconds on CPU for these models, ~6-30 stages a run), and every
-  step pays only for the ``V_k`` logits it needs.
-- **pre-allocated padded rows** (``pad_params``/``activate_rows`` + ``masked_xent``): the params
-  have shape ``[V_max, D]`` from the start; the logits of ids ``>= n_active`` are set to ``-inf``
-  so the softmax normalizer is exactly that of ``|V_k|``; ``n_active`` travels in the train
-  state's ``loss_state`` so one compiled step serves every stage. It needs ``V_max`` in advance
-  (the realized growth is random: a tuple adds up to len-1 ids) and pays the full ``V_max``
-  unembedding at every step of every stage.
+  compiles once per stage and per baseline run, and every step pays only for the ``V_k`` logits
+  it needs.
+- **pre-allocated padded rows** (``PaddedTrainer``: ``pad_params`` + ``masked_xent``): the params
+  have shape ``[V_pad, D]``; the logits of ids ``>= n_active`` are set to ``-inf`` so the softmax
+  normalizer is exactly that of ``|V_k|`` (the loss equals the unpadded one, tested), and
+  ``n_active`` travels in the train state's ``loss_state``, so one compiled step (and one compiled
+  eval function, ``n_active`` is a traced argument) serves every stage and every baseline with
+  ``V_k <= V_pad``. A new stage only re-initialises the train state (fresh optimizer and
+  schedule). Inactive rows get exactly zero gradient, so Adam leaves them untouched. It pays the
+  full ``V_pad`` unembedding at every step.
 
 Measured (``benchmarks/bench_vocab_growth.py``, tiny-preset shapes, 5 stages x 150 steps,
 V 64 -> 379, 2 shared CPU cores): recompile 200.8 s vs padded 70.4 s, ratio 2.85 -- **padded
 is faster at this scale**, because a CPU compile (~10 s under load) costs more than a 150-step
-stage's extra logits when V_max is only 379. The experiment module still uses recompile per stage
-(written before the measurement; switching it is an open follow-up). At the paper's scale
-(5000 steps a stage, V up to 18k) the padded variant would pay the full V_max unembedding at every
-step, so the choice should be re-measured there; the FLOP accounting in the experiment assumes
-recompiling (each stage pays for V_k only).
+stage's extra logits when V_pad is a few hundred. **The experiment therefore uses the padded
+path** (``vocab.padded=true``, the default; ``vocab.padded=false`` keeps recompiling). Since
+the realized growth is random (a tuple adds up to len-1 ids), ``V_pad`` is not fixed in
+advance: it is ``V_k`` rounded up to a multiple of ``vocab.pad_multiple``, and a stage whose
+``V_k`` exceeds the current ``V_pad`` gets a new ``PaddedTrainer`` (one more compile), cached by
+``(V_pad, LR span)``. Growth itself stays a host-side ``grow_params`` on the unpadded rows
+(``activate_rows`` is the in-place equivalent on padded rows), so ``CurriculumTokenizer.expand``
+works unchanged. At the paper's scale (5000 steps a stage, V up to 18k) compiles are negligible
+and the padding waste is what matters, so keep ``pad_multiple`` small there (or re-measure). The
+FLOP accounting in the experiment counts the model's nominal ``V_k`` (masked columns are an
+implementation artefact).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -111,18 +120,23 @@ def masked_xent(params, batch, *, model, rng, cfg):
 
 
 def make_nll_fn(model, n_active: int | None = None):
-    """Jitted ``nll(params, inputs_BxL, targets_BxL) -> nll_BxL`` (eval mode, fp32)."""
+    """Jitted ``nll(params, inputs_BxL, targets_BxL) -> nll_BxL`` (eval mode, fp32).
+
+    With ``n_active`` the logits of ids ``>= n_active`` are masked (padded params). The returned
+    function also accepts ``n_active=`` as a keyword (a traced scalar: one compile for all)."""
     graphdef = nnx.graphdef(model) if isinstance(model, nnx.Module) else model
 
     @jax.jit
-    def nll(params, inputs_BxL, targets_BxL):
+    def nll(params, inputs_BxL, targets_BxL, n_active=None):
         logits = bind(graphdef, params)(inputs_BxL).astype(jnp.float32)
         if n_active is not None:
             logits = masked_logits(logits, n_active)
         lse_BxL = jax.nn.logsumexp(logits, axis=-1)
         tgt_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
         return lse_BxL - tgt_BxL
-    return nll
+    if n_active is None:
+        return nll
+    return functools.partial(nll, n_active=jnp.int32(n_active))
 
 
 @dataclasses.dataclass
@@ -170,3 +184,70 @@ class StageTrainer:
     def host_params(self) -> dict:
         return jax.device_get(self.state["params"])
 
+
+
+def pad_capacity(V: int, multiple: int) -> int:
+    """``V`` rounded up to a multiple of ``multiple`` (the padded row count)."""
+    return -(-V // multiple) * multiple
+
+
+@dataclasses.dataclass
+class PaddedTrainer:
+    """The padded path: one compiled train step at ``v_pad`` rows for every stage/run.
+
+    ``start(params, n_active)`` returns a fresh train state (new optimizer and LR schedule, step 0)
+    for unpadded host params ``[V, D]`` with ``V = n_active <= v_pad`` (``None``: a fresh init,
+    i.e. the first ``n_active`` rows of this trainer's ``v_pad`` init, the rest zero -- the same
+    N(0, 0.02) rows as an init at ``n_active``, and identical non-embedding params).
+    ``nll(n_active)`` is the masked eval function; ``unpad(params, n_active)`` gives the host
+    rows back."""
+
+    cfg: object  # with model.vocab_size = v_pad
+    mesh: object
+    graphdef: object
+    v_pad: int
+    train_step: object
+    _fresh: dict
+    _shard: object
+    _init: object
+    _nll: object
+
+    @classmethod
+    def create(cls, cfg, mesh, v_pad: int, *, total_steps: int):
+        from lm import sharding as sh
+        from lm.model import GPT
+        from lm.optim import make_optimizer
+        from lm.train import init_state, make_train_step, state_shardings
+
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=v_pad))
+        seed = cfg.train.seed
+        graphdef, fresh, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)),
+                                                  mesh)
+        tx, lr_fn = make_optimizer(cfg.opt, fresh, total_steps)
+        ls0 = {"n_active": jnp.int32(v_pad)}
+        init = lambda p, ls: init_state(p, tx, seed, ls)
+        s_shard = state_shardings(jax.eval_shape(init, fresh, ls0), p_shard, mesh)
+        step = make_train_step(masked_xent, tx, model=graphdef, cfg=cfg, mesh=mesh,
+                               state_sharding=s_shard, microbatches=cfg.train.microbatches,
+                               lr_fn=lr_fn)
+        return cls(cfg, mesh, graphdef, v_pad, step, jax.device_get(fresh), p_shard,
+                   jax.jit(init, out_shardings=s_shard), make_nll_fn(graphdef))
+
+    def start(self, params, n_active: int) -> dict:
+        if n_active > self.v_pad:
+            raise ValueError(f"n_active={n_active} > v_pad={self.v_pad}")
+        if params is None:
+            params = truncate_params(self._fresh, n_active)
+        if vocab_size_of(params) != n_active:
+            raise ValueError(f"params have {vocab_size_of(params)} rows, n_active={n_active}")
+        dt = self.cfg.model.param_dtype_
+        params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, dt), s),
+                              pad_params(params, self.v_pad), self._shard)
+        return self._init(params, {"n_active": jnp.int32(n_active)})
+
+    def nll(self, n_active: int):
+        return functools.partial(self._nll, n_active=jnp.int32(n_active))
+
+    @staticmethod
+    def unpad(params, n_active: int) -> dict:
+        return truncate_params(jax.device_get(params), n_active)

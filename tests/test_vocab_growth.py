@@ -140,3 +140,47 @@ def test_token_length_curve_hand_case():
     assert c == {1: (2.0, 0.0, 2), 2: (2.0, 0.0, 1), 3: (1.0, 0.0, 1)}
     c_in = token_length_curve(nll, np.array([2, 2, 2, 2, 2, 2]), targets, len_V, by="input")
     assert list(c_in) == [2] and c_in[2][2] == 1
+
+
+
+def test_padded_trainer_masks_keeps_inactive_rows_zero_and_restarts():
+    """The experiment's padded path: its train step's loss is the unpadded loss at exactly V,
+    the padded rows stay exactly zero (zero gradient, no Adam drift), its eval nll is the
+    unpadded one, and the same compiled step restarts at a larger V with a fresh state."""
+    from experiments.vocab_curriculum import tiny
+    from lm import sharding as sh
+    from lm.vocab_growth import PaddedTrainer, pad_capacity
+    from tests.helpers import mesh, random_batch
+
+    V, V_pad = 40, pad_capacity(40, 32)
+    assert V_pad == 64 and pad_capacity(64, 32) == 64
+    base = tiny()
+    cfg = dataclasses.replace(base, model=dataclasses.replace(TINY, vocab_size=V),
+                              train=dataclasses.replace(base.train, batch_size=4, seq_len=16))
+    m = mesh((1, 1, 1))
+    pt = PaddedTrainer.create(cfg, m, V_pad, total_steps=3)
+    g, p0 = model_for(V, seed=3)
+    state = pt.start(p0, V)
+    ccfg = type("C", (), {"train": type("T", (), {"z_loss": 0.0})})()
+    for i in range(2):
+        b = random_batch(4, 16, V, seed=i)
+        b = {"inputs": b["inputs"], "targets": b["targets"]}
+        p_i = pt.unpad(state["params"], V)
+        ref, _ = xent(jax.tree.map(jnp.asarray, p_i), b, model=g, rng=None, cfg=ccfg)
+        state, met = pt.train_step(state, sh.shard_batch(b, m))
+        s_, c_ = met["loss"]
+        np.testing.assert_allclose(float(s_) / float(c_), float(ref), rtol=1e-6)
+    got = jax.device_get(state["params"])
+    np.testing.assert_array_equal(got["embed_VxD"][V:], 0.0)
+    assert np.abs(got["embed_VxD"][:V] - np.asarray(p0["embed_VxD"])).max() > 0
+    x = random_batch(4, 16, V, seed=9)
+    np.testing.assert_allclose(
+        np.asarray(pt.nll(V)(got, x["inputs"], x["targets"])),
+        np.asarray(make_nll_fn(g)(pt.unpad(got, V), x["inputs"], x["targets"])),
+        rtol=1e-5, atol=1e-6)
+    grown = grow_params(pt.unpad(got, V), [1, 2, 3])  # next stage: same compiled step
+    s2 = pt.start(grown, V + 3)
+    assert int(s2["loss_state"]["n_active"]) == V + 3 and int(s2["step"]) == 0
+    s2, m2 = pt.train_step(s2, sh.shard_batch({k: x[k] for k in ("inputs", "targets")}, m))
+    assert np.isfinite(float(m2["loss"][0]))
+    assert pt.train_step._cache_size() == 1
