@@ -88,8 +88,8 @@ def init_mlp(key, f: ForgetCfg) -> dict:
 
 
 def forward(p, x_NxI):
-    h_NxH = jax.nn.relu(x_NxI @ p["w1"] + p["b1"])
-    return h_NxH @ p["w2"] + p["b2"], h_NxH
+    h_NxH = jax.nn.relu(x_NxI @ p["w1"] + p["b1"][None])
+    return h_NxH @ p["w2"] + p["b2"][None], h_NxH
 
 
 def shift(key, p: dict) -> dict:
@@ -110,7 +110,7 @@ def sample_x(key, n: int, which: int, f: ForgetCfg):
     """p1 (which=0): first half ~ N(1, .25²); p2 (which=1): second half ~ N(1, .25²)."""
     half = f.in_dim // 2
     mean = jnp.where((jnp.arange(f.in_dim) < half) == (which == 0), 1.0, 0.0)
-    return mean + 0.25 * jax.random.normal(key, (n, f.in_dim))
+    return mean[None] + 0.25 * jax.random.normal(key, (n, f.in_dim))
 
 
 def task_batch(key, teacher, delta, f: ForgetCfg, mix: bool):
