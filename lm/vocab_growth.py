@@ -197,8 +197,8 @@ class PaddedTrainer:
 
     ``start(params, n_active)`` returns a fresh train state (new optimizer and LR schedule, step 0)
     for unpadded host params ``[V, D]`` with ``V = n_active <= v_pad`` (``None``: a fresh init,
-    i.e. the first ``n_active`` rows of this trainer's ``v_pad`` init, the rest zero -- the same
-    N(0, 0.02) rows as an init at ``n_active``, and identical non-embedding params).
+    i.e. the first ``n_active`` rows of this trainer's ``v_pad`` init, the rest zero: with JAX's
+    default partitionable threefry that is bit-identical to an init at ``n_active``, tested).
     ``nll(n_active)`` is the masked eval function; ``unpad(params, n_active)`` gives the host
     rows back."""
 

@@ -159,6 +159,15 @@ def test_padded_trainer_masks_keeps_inactive_rows_zero_and_restarts():
                               train=dataclasses.replace(base.train, batch_size=4, seq_len=16))
     m = mesh((1, 1, 1))
     pt = PaddedTrainer.create(cfg, m, V_pad, total_steps=3)
+    # a fresh start is the init at exactly V (partitionable threefry: same rows, bit for bit)
+    fresh = jax.device_get(pt.start(None, V)["params"])
+    from flax import nnx
+
+    from lm.model import GPT
+    _, init_V, _ = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(cfg.train.seed)), m)
+    for a, b in zip(jax.tree.leaves(pt.unpad(fresh, V)), jax.tree.leaves(init_V)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(fresh["embed_VxD"][V:], 0.0)
     g, p0 = model_for(V, seed=3)
     state = pt.start(p0, V)
     ccfg = type("C", (), {"train": type("T", (), {"z_loss": 0.0})})()
