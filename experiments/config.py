@@ -14,7 +14,6 @@ import typing
 
 from lm.data import DataCfg
 from lm.ib import IBCfg
-from lm.ib import IBCfg
 from lm.model import ModelCfg
 from lm.optim import OptCfg
 from lm.sharding import ConfigError, MeshCfg
@@ -41,7 +40,6 @@ class Config:
     mesh: MeshCfg = MeshCfg()
     train: TrainCfg = TrainCfg()
     run: RunCfg = RunCfg()
-    ib: IBCfg = IBCfg()  # IBLM / GAPT knobs (lm.ib); read only by those losses
     ib: IBCfg = IBCfg()  # IBLM / GAPT knobs (lm.ib); read only by those losses
 
 
