@@ -66,8 +66,7 @@ def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
             diff = sorted(_diff(old, new))
             raise ConfigError(f"run directory {workdir} holds a run with a different config "
                               f"(differs at {', '.join(diff[:6])}); pass --set run.overwrite=true "
-                              "to "
-                              "replace it, or choose another --workdir")
+                              "to replace it, or choose another --workdir")
         if is_main:
             shutil.rmtree(workdir)
     elif os.path.isdir(workdir) and os.listdir(workdir) and not cfg.run.overwrite:
