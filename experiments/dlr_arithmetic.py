@@ -2,14 +2,18 @@
 
     python -m experiments.dlr_arithmetic --preset tiny --workdir results/dlr_arithmetic
 
-Expected CPU time: about 10 minutes on 2 busy cores (the smoke preset: 1-2 minutes).
+Expected CPU time (2 idle cores): the pretraining about 10 minutes, then about 1 minute per
+post-training run (2 tasks x 6 methods x 3 seeds); the recorded run's wall time is in
+``summary.json``. The smoke preset (the test suite's) takes well under a minute.
 
 1. Pretrain one tiny GPT (explicit-operator six-digit add/sub, answers reversed) with ``xent``.
 2. Post-train it, low data, the same number of optimizer steps per method, on
    (a) ``addsub`` (E0, fresh examples) and (b) ``hidden`` (E1: the operator is hidden, decided by
    the parity of a's leading digit), for every method and seed:
-   ``sft`` (xent), ``dlr`` (C = model.dlr.codes), ``dlr_c1`` (one static steering vector),
-   ``dlr_n1`` (one on-policy draw, no search), ``dlr_ap0`` (alpha_policy = 0).
+   ``sft`` (xent), ``dlr`` (C = model.dlr.codes = 8), ``dlr_c1`` (one static steering vector),
+   ``dlr_c32`` (C = 32), ``dlr_n1`` (one on-policy draw, no search), ``dlr_ap0``
+   (alpha_policy = 0); optional sweeps ``dlr_k1``/``dlr_k2`` (chunk K) and
+   ``dlr_alpha0.3``/``dlr_alpha3`` (steering scale) via ``--set exp.methods=...``.
 3. Greedy exact-match on held-out examples with KV-cache decoding: routed codes, and the paper's
    global ablations (steering scale -> 0, uniformly random codes); 95% bootstrap CIs over test
    examples; code-vs-ground-truth mutual information (carry/borrow bit; hidden operator).
@@ -33,23 +37,30 @@ from lm.optim import OptCfg
 from lm.routing import DLRCfg
 from lm.train import TrainCfg
 
-METHODS = {"sft": {}, "dlr": {}, "dlr_c1": {"codes": 1},
-           "dlr_n1": {"n_search": 1, "greedy": False}, "dlr_ap0": {"alpha_policy": 0.0}}
+# method -> overrides of model.dlr (``sft`` trains with xent and never touches the code book).
+# The first six are the issue's arms (run by the tiny preset); the rest are the spec's K and
+# alpha sweeps, selected with ``--set exp.methods=...``.
+METHODS = {"sft": {}, "dlr": {}, "dlr_c1": {"codes": 1}, "dlr_c32": {"codes": 32},
+           "dlr_n1": {"n_search": 1, "greedy": False}, "dlr_ap0": {"alpha_policy": 0.0},
+           "dlr_k1": {"chunk": 1}, "dlr_k2": {"chunk": 2},
+           "dlr_alpha0.3": {"alpha": 0.3}, "dlr_alpha3": {"alpha": 3.0}}
+ARMS = ("sft", "dlr", "dlr_c1", "dlr_c32", "dlr_n1", "dlr_ap0")
 
 
 @dataclasses.dataclass(frozen=True)
 class ArithCfg:
     tasks: tuple[str, ...] = ("addsub", "hidden")
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
-    pretrain_n: int = 20000
-    pretrain_steps: int = 1500
+    pretrain_n: int = 100_000
+    pretrain_steps: int = 6000
+    pretrain_batch: int = 128
     pretrain_lr: float = 3e-3
-    post_n: int = 512  # low-data post-training set per seed
-    post_steps: int = 120
-    post_lr: float = 1e-3
+    post_n: int = 1024  # low-data post-training set per seed
+    post_steps: int = 300
+    post_lr: float = 3e-4
     batch_size: int = 32
-    test_n: int = 512
+    test_n: int = 1024
     log_every: int = 20
 
 
@@ -61,8 +72,8 @@ class ArithConfig(Config):
 def tiny() -> ArithConfig:
     from rl.dlr_tasks import VOCAB
     dl = DLRCfg(layer=2, codes=8, chunk=4, alpha=1.0, n_search=4, alpha_policy=0.5, alpha_reg=0.1)
-    return ArithConfig(model=ModelCfg(vocab_size=VOCAB, d_model=64, n_layers=4, n_heads=4,
-                                      d_ff=256, max_len=32, dlr=dl),
+    return ArithConfig(model=ModelCfg(vocab_size=VOCAB, d_model=128, n_layers=4, n_heads=4,
+                                      d_ff=512, max_len=32, dlr=dl),
                        opt=OptCfg(lr=1e-3, warmup=10, schedule="constant", weight_decay=0.0),
                        train=TrainCfg(seed=0))
 
@@ -70,9 +81,10 @@ def tiny() -> ArithConfig:
 def smoke() -> ArithConfig:
     """A few steps of everything (the test suite's end-to-end run)."""
     cfg = tiny()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=64, d_ff=256))
     return dataclasses.replace(cfg, exp=dataclasses.replace(
         cfg.exp, seeds=(0,), methods=("sft", "dlr"), pretrain_n=256, pretrain_steps=4,
-        post_n=64, post_steps=3, batch_size=8, test_n=16, log_every=2))
+        pretrain_batch=16, post_n=64, post_steps=3, batch_size=8, test_n=16, log_every=2))
 
 
 PRESETS = {"tiny": tiny, "smoke": smoke}
@@ -179,7 +191,6 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         raise ConfigError(f"exp.tasks={ex.tasks} must be a non-empty subset of {T.TASKS} "
                           "and exp.seeds non-empty")
     os.makedirs(workdir, exist_ok=True)
-    ex, t0 = cfg.exp, time.perf_counter()
     for name, obj in (("config.json", to_dict(cfg)), ("versions.json", M.provenance(argv))):
         with open(os.path.join(workdir, name), "w") as fh:
             json.dump(obj, fh, indent=2, default=str)
@@ -194,7 +205,7 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
     pre = T.make("addsub", ex.pretrain_n, seed=10_000)
     base = with_dlr_params(pre_cfg, {}, cfg.train.seed)
     _, base = train_params(pre_cfg, pre_opt, "xent", base,
-                           T.batches(pre, 2 * ex.batch_size, ex.pretrain_steps, 0),
+                           T.batches(pre, ex.pretrain_batch, ex.pretrain_steps, 0),
                            ex.pretrain_steps, cfg.train.seed, logger(phase="pretrain"))
     print(f"pretrained in {time.perf_counter() - t0:.0f}s")
     post_opt = dataclasses.replace(cfg.opt, lr=ex.post_lr)

@@ -94,7 +94,7 @@ def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
     joint /= joint.sum()
     px, py = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
-    return float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum())
+    return max(0.0, float((joint[nz] * np.log2(joint[nz] / (px @ py)[nz])).sum()))
 
 
 def entropy_bits(y: np.ndarray) -> float:
