@@ -197,8 +197,7 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
     elif is_main and os.path.exists(metrics_path):
         os.remove(metrics_path)
     if is_main:
-        with open(os.path.join(workdir, "provenance.json"), "w") as fh:
-            json.dump(M.provenance(argv), fh, indent=2)
+        M.write_provenance(workdir, argv=argv, name="provenance.json")
     writer = M.MetricsWriter(workdir, enabled=is_main)
     start = int(jax.device_get(state["step"]))
     tokens_per_step = tr.batch_size * tr.seq_len

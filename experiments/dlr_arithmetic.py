@@ -31,7 +31,7 @@ import os
 import time
 
 from experiments.base import main
-from experiments.config import Config, to_dict
+from experiments.config import Config
 from lm.model import ModelCfg
 from lm.optim import OptCfg
 from lm.routing import DLRCfg
@@ -191,9 +191,7 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         raise ConfigError(f"exp.tasks={ex.tasks} must be a non-empty subset of {T.TASKS} "
                           "and exp.seeds non-empty")
     os.makedirs(workdir, exist_ok=True)
-    for name, obj in (("config.json", to_dict(cfg)), ("versions.json", M.provenance(argv))):
-        with open(os.path.join(workdir, name), "w") as fh:
-            json.dump(obj, fh, indent=2, default=str)
+    M.write_provenance(workdir, cfg, argv)
     raw = open(os.path.join(workdir, "raw.jsonl"), "w")
 
     def logger(**tags):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from experiments.config import Config, to_dict
+from experiments.config import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +46,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def write_results(out: str, cfg, records: list[dict], readme: str, argv=None) -> None:
     """config.json, versions.json, results.jsonl (every record), README.md into ``out``."""
     from lm import metrics as M
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as fh:
-        json.dump(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, fh, indent=2)
-    with open(os.path.join(out, "versions.json"), "w") as fh:
-        json.dump(M.provenance(argv), fh, indent=2)
+    M.write_provenance(out, cfg, argv)
     with open(os.path.join(out, "results.jsonl"), "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     with open(os.path.join(out, "README.md"), "w") as fh:

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -204,11 +203,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with open(os.path.join(workdir, "results.jsonl"), "w") as f:
         for row in rows:
             f.write(json.dumps(row, default=float) + "\n")
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    with open(os.path.join(workdir, "versions.json"), "w") as f:
-        json.dump(dict(python=sys.version.split()[0], numpy=np.__version__,
-                       platform=platform.platform()), f, indent=1)
+    from lm.metrics import write_provenance
+    write_provenance(workdir, cfg, argv)
     if frames is not None:
         plot(rows, frames, os.path.join(workdir, "plot.png"))
     with open(os.path.join(workdir, "README.md"), "w") as f:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -102,11 +101,10 @@ def plot(workdir: str, lines: list[dict]):
 
 
 def write_report(workdir: str, cfg, rows: list[dict], argv, seconds: float):
-    from lm.metrics import versions
+    from lm.metrics import write_provenance
     lines = aggregate(rows)
     plot(workdir, lines)
-    with open(os.path.join(workdir, "versions.json"), "w") as fh:
-        json.dump(versions(), fh, indent=2)
+    write_provenance(workdir, argv=argv)
     with open(os.path.join(workdir, "README.md"), "w") as fh:
         fh.write(f"# IGA on five synthetic rule scenarios ({cfg.run.name})\n\n"
                  f"Command: `python -m experiments.iga_rules {' '.join(argv or [])}` "

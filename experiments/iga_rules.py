@@ -23,7 +23,6 @@ student's self-check; exact checkers instead of an LLM judge; K=3 iterations (of
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -177,9 +176,7 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
     check_config(cfg)
     g = cfg.iga
     prepare_run_dir(workdir, cfg)
-    with open(os.path.join(workdir, "provenance.json"), "w") as fh:
-        json.dump({**M.provenance(argv), "versions": {**M.versions(), "openai": _ver("openai")}},
-                  fh, indent=2)
+    M.write_provenance(workdir, argv=argv, name="provenance.json", openai=_ver("openai"))
     world, tok = World(g.scenarios), make_tokenizer(cfg)
     train, test = split_queries(world, g.max_train)
     rule = lambda q: world.scenarios[q.scenario].rule

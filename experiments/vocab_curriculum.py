@@ -278,9 +278,7 @@ def run(cfg: VocabConfig, workdir: str, argv=None) -> dict:
     validate(cfg, jax.device_count())
     prepare_run_dir(workdir, cfg)
     mesh = sh.make_mesh(cfg.mesh)
-    with open(os.path.join(workdir, "versions.json"), "w") as f:
-        json.dump({**M.provenance(argv), "numba": _ver("numba"), "tokenizers":
-                   _ver("tokenizers")}, f, indent=2)
+    M.write_provenance(workdir, argv=argv, numba=_ver("numba"), tokenizers=_ver("tokenizers"))
     if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.remove(os.path.join(workdir, "metrics.jsonl"))
     text = load_text(cfg)

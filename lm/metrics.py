@@ -101,6 +101,27 @@ def to_jsonable(cfg) -> dict:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
+def write_json(path: str, obj) -> str:
+    """Write ``obj`` as indented JSON atomically (temp file in the same folder, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def write_provenance(out: str, cfg=None, argv=None, name: str = "versions.json",
+                     **extra) -> None:
+    """The record every result folder carries: ``config.json`` (when ``cfg`` is given) and
+    ``name`` = command, git commit, package versions and devices (``provenance``) + ``extra``."""
+    os.makedirs(out, exist_ok=True)
+    if cfg is not None:
+        write_json(os.path.join(out, "config.json"), to_jsonable(cfg))
+    prov = provenance(argv)
+    prov["versions"].update(extra)
+    write_json(os.path.join(out, name), prov)
+
+
 def progress(total: int, initial: int = 0, desc: str = "train", disable: bool = False):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True,

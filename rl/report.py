@@ -13,16 +13,10 @@ import json
 import os
 import sys
 
-from experiments.config import to_dict
-
 
 def write(out: str, cfg, argv, records: dict, extra: dict, table_md: str) -> None:
     from lm import metrics as M
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as fh:
-        json.dump(to_dict(cfg), fh, indent=2)
-    with open(os.path.join(out, "versions.json"), "w") as fh:
-        json.dump(M.provenance(argv), fh, indent=2)
+    M.write_provenance(out, cfg, argv)
     with open(os.path.join(out, "metrics.jsonl"), "w") as fh:
         for k, v in extra.items():
             fh.write(json.dumps({"method": k, **v}) + "\n")
