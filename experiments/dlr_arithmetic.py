@@ -62,6 +62,7 @@ class ArithCfg:
     batch_size: int = 32
     test_n: int = 1024
     log_every: int = 20
+    base_from: str = ""  # a base.npz of an earlier run: skip pretraining (sweeps reuse one base)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,38 @@ def with_dlr_params(model_cfg, base_params, seed):
     return {**fresh, **{k: v for k, v in base_params.items() if k != "dlr"}}
 
 
+def save_base(path: str, params: dict) -> None:
+    """The pretrained base (a pure param dict) as one flat ``.npz``, written atomically."""
+    import jax
+    import numpy as np
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+
+
+def load_base(path: str, model_cfg) -> dict:
+    """``save_base``'s file as a pure dict shaped like ``model_cfg``'s params (else ConfigError)."""
+    import jax
+    import numpy as np
+
+    from lm.sharding import ConfigError
+    target = jax.device_get(with_dlr_params(model_cfg, {}, 0))
+    if not os.path.exists(path):
+        raise ConfigError(f"exp.base_from={path!r} does not exist; give a base.npz of a run")
+    with np.load(path) as f:
+        got = dict(f)
+    paths = jax.tree_util.tree_leaves_with_path(target)
+    want = {jax.tree_util.keystr(k): v.shape for k, v in paths}
+    have = {k: v.shape for k, v in got.items()}
+    if want != have:
+        raise ConfigError(f"exp.base_from={path!r} holds params of another model shape: "
+                          f"{sorted(set(have.items()) ^ set(want.items()))[:4]} differ")
+    leaves = [got[jax.tree_util.keystr(k)] for k, _ in paths]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
+
+
 def evaluate(gd, params, test, method, chunk):
     """Exact match per example for each decoding mode, and code-vs-truth MI (bits)."""
     import jax
@@ -190,6 +223,8 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         from lm.sharding import ConfigError
         raise ConfigError(f"exp.tasks={ex.tasks} must be a non-empty subset of {T.TASKS} "
                           "and exp.seeds non-empty")
+    pre_cfg = dataclasses.replace(cfg.model, dlr=DLRCfg())
+    base = load_base(ex.base_from, pre_cfg) if ex.base_from else None  # checked before writing
     os.makedirs(workdir, exist_ok=True)
     M.write_provenance(workdir, cfg, argv)
     raw = open(os.path.join(workdir, "raw.jsonl"), "w")
@@ -198,13 +233,14 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         fn = lambda step, m: raw.write(json.dumps({**tags, "step": step, **m}) + "\n")
         return {"every": ex.log_every, "fn": fn}
 
-    pre_cfg = dataclasses.replace(cfg.model, dlr=DLRCfg())
-    pre_opt = dataclasses.replace(cfg.opt, lr=ex.pretrain_lr, schedule="cosine")
-    pre = T.make("addsub", ex.pretrain_n, seed=10_000)
-    base = with_dlr_params(pre_cfg, {}, cfg.train.seed)
-    _, base = train_params(pre_cfg, pre_opt, "xent", base,
-                           T.batches(pre, ex.pretrain_batch, ex.pretrain_steps, 0),
-                           ex.pretrain_steps, cfg.train.seed, logger(phase="pretrain"))
+    if base is None:
+        pre_opt = dataclasses.replace(cfg.opt, lr=ex.pretrain_lr, schedule="cosine")
+        pre = T.make("addsub", ex.pretrain_n, seed=10_000)
+        base = with_dlr_params(pre_cfg, {}, cfg.train.seed)
+        _, base = train_params(pre_cfg, pre_opt, "xent", base,
+                               T.batches(pre, ex.pretrain_batch, ex.pretrain_steps, 0),
+                               ex.pretrain_steps, cfg.train.seed, logger(phase="pretrain"))
+    save_base(os.path.join(workdir, "base.npz"), base)
     print(f"pretrained in {time.perf_counter() - t0:.0f}s")
     post_opt = dataclasses.replace(cfg.opt, lr=ex.post_lr)
     results = []

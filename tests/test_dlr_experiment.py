@@ -1,5 +1,6 @@
 """The DLR arithmetic experiment end to end (smoke preset) and its pure pieces."""
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import pytest
 
 from experiments import dlr_arithmetic as E
 from experiments.base import main
+from lm.routing import DLRCfg
 from rl import dlr_tasks as T
 
 
@@ -61,3 +63,28 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert {r["phase"] for r in recs} == {"pretrain", "post", "eval"}
     dlr_post = [r for r in recs if r["phase"] == "post" and r["method"] == "dlr"]
     assert all(np.isfinite(r["loss"]) and "info_gain" in r for r in dlr_post)
+
+    # the saved base is reused: no pretraining, the same base evaluation
+    again = tmp_path / "again"
+    rc = main(E.PRESETS, E.run, argv=["--preset", "smoke", "--workdir", str(again), "--set",
+                                      f"exp.base_from={tmp_path / 'base.npz'}",
+                                      "exp.methods=sft", "exp.tasks=addsub"])
+    assert rc == 0
+    recs2 = [json.loads(x) for x in (again / "raw.jsonl").read_text().splitlines()]
+    assert "pretrain" not in {r["phase"] for r in recs2}
+    base_row = lambda s: next(r for r in s["rows"] if r["task"] == "addsub" and
+                              r["method"] == "base")
+    again_summary = json.loads((again / "summary.json").read_text())
+    assert base_row(again_summary)["digit_off"] == base_row(summary)["digit_off"]
+
+
+def test_base_from_missing_or_other_shape_is_a_config_error(tmp_path, capsys):
+    argv = ["--preset", "smoke", "--workdir", str(tmp_path / "w"), "--set"]
+    assert main(E.PRESETS, E.run, argv=argv + ["exp.base_from=/nonexistent/base.npz"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    pre_cfg = dataclasses.replace(E.smoke().model, dlr=DLRCfg())
+    E.save_base(str(tmp_path / "base.npz"), E.with_dlr_params(pre_cfg, {}, 0))
+    assert main(E.PRESETS, E.run, argv=argv + [f"exp.base_from={tmp_path / 'base.npz'}",
+                                               "model.d_model=32"]) == 2
+    assert "another model shape" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
