@@ -2,7 +2,7 @@
 
     python -m experiments.dlr_arithmetic --preset tiny --workdir results/dlr_arithmetic
 
-Expected CPU time (2 idle cores): the pretraining about 10 minutes, then about 1 minute per
+Expected CPU time (2 idle cores): the pretraining about 12 minutes, then about 1 minute per
 post-training run (2 tasks x 6 methods x 3 seeds); the recorded run's wall time is in
 ``summary.json``. The smoke preset (the test suite's) takes well under a minute.
 
@@ -53,7 +53,7 @@ class ArithCfg:
     methods: tuple[str, ...] = ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
     pretrain_n: int = 100_000
-    pretrain_steps: int = 6000
+    pretrain_steps: int = 12_000
     pretrain_batch: int = 128
     pretrain_lr: float = 3e-3
     post_n: int = 1024  # low-data post-training set per seed
