@@ -122,7 +122,9 @@ def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
         if (step + 1) % 100 == 0:
             print(f"sft step {step + 1}: loss {to_host(met)['loss']:.4f}", flush=True)
     params = jax.device_get(state["params"])
-    np.savez(path, **{f"p{i}": x for i, x in enumerate(jax.tree.leaves(params))})
+    tmp = path + ".tmp.npz"  # atomic: a killed run never leaves a half-written cache
+    np.savez(tmp, **{f"p{i}": x for i, x in enumerate(jax.tree.leaves(params))})
+    os.replace(tmp, path)
     return params
 
 
