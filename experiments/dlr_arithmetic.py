@@ -30,7 +30,7 @@ import json
 import os
 import time
 
-from experiments.base import main
+from experiments.base import main, prepare_run_dir
 from experiments.config import Config
 from lm.model import ModelCfg
 from lm.optim import OptCfg
@@ -149,36 +149,16 @@ def with_dlr_params(model_cfg, base_params, seed):
     return {**fresh, **{k: v for k, v in base_params.items() if k != "dlr"}}
 
 
-def save_base(path: str, params: dict) -> None:
-    """The pretrained base (a pure param dict) as one flat ``.npz``, written atomically."""
-    import jax
-    import numpy as np
-    flat = {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
-
-
 def load_base(path: str, model_cfg) -> dict:
-    """``save_base``'s file as a pure dict shaped like ``model_cfg``'s params (else ConfigError)."""
+    """A ``base.npz`` of an earlier run, shaped like ``model_cfg``'s params (else ConfigError)."""
     import jax
-    import numpy as np
 
+    from lm.checkpoint import load_params_npz
     from lm.sharding import ConfigError
-    target = jax.device_get(with_dlr_params(model_cfg, {}, 0))
-    if not os.path.exists(path):
-        raise ConfigError(f"exp.base_from={path!r} does not exist; give a base.npz of a run")
-    with np.load(path) as f:
-        got = dict(f)
-    paths = jax.tree_util.tree_leaves_with_path(target)
-    want = {jax.tree_util.keystr(k): v.shape for k, v in paths}
-    have = {k: v.shape for k, v in got.items()}
-    if want != have:
-        raise ConfigError(f"exp.base_from={path!r} holds params of another model shape: "
-                          f"{sorted(set(have.items()) ^ set(want.items()))[:4]} differ")
-    leaves = [got[jax.tree_util.keystr(k)] for k, _ in paths]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
+    try:
+        return load_params_npz(path, jax.eval_shape(lambda: with_dlr_params(model_cfg, {}, 0)))
+    except ValueError as e:
+        raise ConfigError(f"exp.base_from: {e}") from None
 
 
 def evaluate(gd, params, test, method, chunk):
@@ -213,6 +193,7 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
     import numpy as np
 
     from lm import metrics as M
+    from lm.checkpoint import save_params_npz
     from rl import dlr_tasks as T
     from rl.dlr_plot import plot, table
 
@@ -225,8 +206,11 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
                           "and exp.seeds non-empty")
     pre_cfg = dataclasses.replace(cfg.model, dlr=DLRCfg())
     base = load_base(ex.base_from, pre_cfg) if ex.base_from else None  # checked before writing
-    os.makedirs(workdir, exist_ok=True)
-    M.write_provenance(workdir, cfg, argv)
+    if prepare_run_dir(workdir, cfg) and not cfg.run.overwrite:
+        from lm.sharding import ConfigError
+        raise ConfigError(f"--workdir {workdir} already holds this experiment (it does not "
+                          "resume); choose another --workdir or pass --set run.overwrite=true")
+    M.write_provenance(workdir, argv=argv)
     raw = open(os.path.join(workdir, "raw.jsonl"), "w")
 
     def logger(**tags):
@@ -240,7 +224,7 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         _, base = train_params(pre_cfg, pre_opt, "xent", base,
                                T.batches(pre, ex.pretrain_batch, ex.pretrain_steps, 0),
                                ex.pretrain_steps, cfg.train.seed, logger(phase="pretrain"))
-    save_base(os.path.join(workdir, "base.npz"), base)
+    save_params_npz(os.path.join(workdir, "base.npz"), base)
     print(f"pretrained in {time.perf_counter() - t0:.0f}s")
     post_opt = dataclasses.replace(cfg.opt, lr=ex.post_lr)
     results = []

@@ -94,6 +94,7 @@ def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
     """Answer-masked next-token SFT with the shared train step; cached in workdir/sft.npz."""
     from experiments.base import build
     from lm import sharding as sh
+    from lm.checkpoint import load_params_npz, save_params_npz
     from lm.train import to_host
     path = os.path.join(workdir, "sft.npz")
     e = cfg.exp
@@ -102,9 +103,7 @@ def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
         opt=OptCfg(lr=e.sft_lr, warmup=20))
     setup = build(scfg)
     if os.path.exists(path):
-        flat = dict(np.load(path))
-        leaves, tdef = jax.tree.flatten(jax.device_get(setup.state["params"]))
-        return jax.tree.unflatten(tdef, [flat[f"p{i}"] for i in range(len(leaves))])
+        return load_params_npz(path, jax.device_get(setup.state["params"]))
     L = cfg.train.seq_len
     seqs = np.full((len(train), L + 1), TOK.pad_id, np.int32)
     mask = np.zeros((len(train), L), np.float32)
@@ -122,9 +121,7 @@ def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
         if (step + 1) % 100 == 0:
             print(f"sft step {step + 1}: loss {to_host(met)['loss']:.4f}", flush=True)
     params = jax.device_get(state["params"])
-    tmp = path + ".tmp.npz"  # atomic: a killed run never leaves a half-written cache
-    np.savez(tmp, **{f"p{i}": x for i, x in enumerate(jax.tree.leaves(params))})
-    os.replace(tmp, path)
+    save_params_npz(path, params)  # atomic: a killed run never leaves half a cache
     return params
 
 

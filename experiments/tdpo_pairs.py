@@ -3,6 +3,9 @@
     python -m experiments.tdpo_pairs --preset tiny           # CPU (2 cores), about 6-8 minutes
     python -m experiments.tdpo_pairs --preset tiny --set data.paths=pairs.jsonl   # real pairs
 
+Rerunning a killed run with the same ``--workdir`` resumes it: the SFT reference is cached in
+``reference.npz`` and each method checkpoints (state + its records) every ``train.ckpt_every``.
+
 Task: prompt ``"S123:"``, completion 6 digits + EOS; reward = fraction of adjacent digit pairs
 that are non-decreasing (``rl.rewards.sorted_fraction``). The reference is SFT-ed on uniformly
 random digit completions; preference pairs are two samples of the reference per prompt, the
@@ -29,6 +32,7 @@ import numpy as np
 from experiments.base import build, main, prepare_run_dir
 from experiments.config import Config, RunCfg
 from lm import sharding as sh
+from lm.checkpoint import Checkpointer, abstract_target, load_params_npz, save_params_npz
 from lm.data import DataCfg
 from lm.losses import bind
 from lm.model import ModelCfg
@@ -70,7 +74,7 @@ def tiny() -> PairConfig:
         model=ModelCfg(vocab_size=264, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=32),
         opt=OptCfg(lr=5e-4, warmup=5, schedule="constant", weight_decay=0.0),
         data=DataCfg(source="synthetic"), mesh=MeshCfg(data=-1),
-        train=TrainCfg(loss="dpo", steps=60, batch_size=32, seq_len=16, ckpt_every=1000),
+        train=TrainCfg(loss="dpo", steps=60, batch_size=32, seq_len=16, ckpt_every=20),
         run=RunCfg(name="tdpo_pairs_tiny", sample_tokens=0, progress=False))
 
 
@@ -106,11 +110,14 @@ def load_jsonl(paths, e: PairExpCfg):
              enc(r["rejected"], e.max_completion)) for r in rows]
 
 
-def sft(cfg, prompts, completions, S):
+def sft(cfg, prompts, completions, S, cache: str | None = None):
+    """The SFT reference (graphdef, params); cached in ``cache`` (.npz) so a rerun reuses it."""
     scfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, loss="xent", steps=cfg.exp.sft_steps, batch_size=64),
         opt=OptCfg(lr=cfg.exp.sft_lr, warmup=20))
     setup = build(scfg)
+    if cache and os.path.exists(cache):
+        return setup.graphdef, load_params_npz(cache, jax.device_get(setup.state["params"]))
     toks, mask = pack(prompts, completions, S + 1)
     rng, state = np.random.default_rng(cfg.train.seed), setup.state
     for _ in range(cfg.exp.sft_steps):
@@ -118,7 +125,10 @@ def sft(cfg, prompts, completions, S):
         b = {"inputs": toks[idx, :-1], "targets": toks[idx, 1:], "mask": mask[idx, 1:]}
         state, met = setup.train_step(state, sh.shard_batch(b, setup.mesh))
     print(f"SFT done: loss {to_host(met)['loss']:.4f}", flush=True)
-    return setup.graphdef, jax.device_get(state["params"])
+    params = jax.device_get(state["params"])
+    if cache:
+        save_params_npz(cache, params)
+    return setup.graphdef, params
 
 
 def sample(gd, params, prompts, n_new, seed):
@@ -192,17 +202,18 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
         if getattr(get_loss(m), "kind", None) != "preference":
             raise ConfigError(f"exp.methods: {m!r} is not a registered preference loss")
     prepare_run_dir(workdir, cfg)
+    ref_cache = os.path.join(workdir, "reference.npz")
     rng = np.random.default_rng(cfg.train.seed)
     S = cfg.train.seq_len
     if cfg.data.paths:
         triples = load_jsonl(cfg.data.paths, e)
-        gd, ref = sft(cfg, [t[0] for t in triples], [t[1] for t in triples], S)
+        gd, ref = sft(cfg, [t[0] for t in triples], [t[1] for t in triples], S, ref_cache)
         has_reward = False
     else:
         prompts = synthetic_prompts(e.n_prompts, rng)
         comps = [np.array([ord("0") + d for d in rng.integers(0, 10, e.comp_len)], np.int32)
                  for _ in prompts]
-        gd, ref = sft(cfg, prompts, comps, S)
+        gd, ref = sft(cfg, prompts, comps, S, ref_cache)
         triples = make_pairs(gd, ref, prompts, e, seed=1)
         has_reward = True
     n_eval = min(e.n_eval_pairs, len(triples) // 4)
@@ -220,10 +231,19 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
         state = dict(setup.state)
         state["params"] = jax.tree.map(lambda x, s: jax.device_put(x, s), ref,
                                        setup.state_sharding["params"])
-        recs = [{"step": 0, "split": "eval", **base}]
+        ckpt = Checkpointer(os.path.join(workdir, m, "checkpoints"),
+                            max_to_keep=cfg.run.max_to_keep)
+        start, recs = 0, [{"step": 0, "split": "eval", **base}]
+        if ckpt.latest_step() is not None:  # resume this method where a killed run stopped
+            target = abstract_target(state, setup.state_sharding)
+            state, data = ckpt.restore(ckpt.latest_step(), target)
+            start, recs = int(data["step"]), data["records"]
+            print(f"[{m}] resumed at step {start}", flush=True)
         B = cfg.train.batch_size
         prng = np.random.default_rng([cfg.train.seed, 7])
-        for step in range(cfg.train.steps):
+        for _ in range(start):  # replay the batch draws of the steps already taken
+            prng.integers(0, len(tr_t), B)
+        for step in range(start, cfg.train.steps):
             idx = prng.integers(0, len(tr_t), B)
             c_t, c_m = pack([tr_t[i][0] for i in idx], [tr_t[i][1] for i in idx], S)
             r_t, r_m = pack([tr_t[i][0] for i in idx], [tr_t[i][2] for i in idx], S)
@@ -237,6 +257,9 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
                 recs.append({"step": step + 1, "split": "eval", **ev})
                 print(f"[{m}] step {step + 1}: " + " ".join(f"{k} {v:.3f}"
                                                             for k, v in ev.items()), flush=True)
+            if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == cfg.train.steps:
+                ckpt.save(step + 1, state, {"step": step + 1, "records": recs})
+        ckpt.close()
         records[m] = recs
     md = table(records, base, has_reward)
     print(md)

@@ -54,3 +54,33 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def save_params_npz(path: str, params) -> str:
+    """A small param tree (a pretrained base, an SFT reference) as one ``.npz`` keyed by tree
+    path, written atomically: a killed run leaves the old file or none, never half of one."""
+    import numpy as np
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(params))}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+    return path
+
+
+def load_params_npz(path: str, like):
+    """``save_params_npz``'s file as a tree shaped like ``like`` (arrays or ShapeDtypeStructs);
+    a missing file or another tree/shape is one ValueError naming what differs."""
+    import numpy as np
+    if not os.path.exists(path):
+        raise ValueError(f"{path!r} does not exist; give a .npz written by save_params_npz")
+    with np.load(path) as f:
+        got = dict(f)
+    paths = jax.tree_util.tree_leaves_with_path(like)
+    want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in paths}
+    have = {k: tuple(v.shape) for k, v in got.items()}
+    if want != have:
+        diff = sorted(set(have.items()) ^ set(want.items()))[:4]
+        raise ValueError(f"{path!r} holds params of another model shape: {diff} differ")
+    leaves = [got[jax.tree_util.keystr(k)] for k, _ in paths]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)

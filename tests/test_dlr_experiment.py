@@ -9,6 +9,7 @@ import pytest
 
 from experiments import dlr_arithmetic as E
 from experiments.base import main
+from lm.checkpoint import save_params_npz
 from lm.routing import DLRCfg
 from rl import dlr_tasks as T
 
@@ -83,7 +84,7 @@ def test_base_from_missing_or_other_shape_is_a_config_error(tmp_path, capsys):
     assert main(E.PRESETS, E.run, argv=argv + ["exp.base_from=/nonexistent/base.npz"]) == 2
     assert "does not exist" in capsys.readouterr().err
     pre_cfg = dataclasses.replace(E.smoke().model, dlr=DLRCfg())
-    E.save_base(str(tmp_path / "base.npz"), E.with_dlr_params(pre_cfg, {}, 0))
+    save_params_npz(str(tmp_path / "base.npz"), E.with_dlr_params(pre_cfg, {}, 0))
     assert main(E.PRESETS, E.run, argv=argv + [f"exp.base_from={tmp_path / 'base.npz'}",
                                                "model.d_model=32"]) == 2
     assert "another model shape" in capsys.readouterr().err

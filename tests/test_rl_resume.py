@@ -2,6 +2,7 @@
 step, the records of an uninterrupted run (prompts and samples are keyed by the step number)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -58,3 +59,44 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, method):
         for k, v in a.items():
             if isinstance(v, float) and k not in ("time", "wall_s", "step_time"):
                 np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7, err_msg=f"{key(a)} {k}")
+
+
+@pytest.mark.slow
+def test_tdpo_pairs_killed_method_resumes_with_the_same_records(tmp_path, monkeypatch, capsys):
+    from experiments import tdpo_pairs as P
+    from experiments.base import main
+    argv = lambda wd: ["--workdir", str(wd), "--set", "exp.sft_steps=5", "train.steps=4",
+                       "train.ckpt_every=2", "exp.methods=dpo", "exp.n_prompts=64",
+                       "exp.eval_every=2", f"exp.results_dir={wd}/res", "train.batch_size=8"]
+    assert main(P.PRESETS, P.run, argv=argv(tmp_path / "full")) == 0
+    step, calls = P.build, {"n": 0}
+
+    def killing_build(cfg, **kw):  # the method's train step dies on its 4th call
+        setup = step(cfg, **kw)
+        if cfg.train.loss != "dpo":
+            return setup
+
+        def train_step(state, batch):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise Killed("killed at step 4")
+            return setup.train_step(state, batch)
+        return dataclasses.replace(setup, train_step=train_step)
+    monkeypatch.setattr(P, "build", killing_build)
+    with pytest.raises(Killed):
+        main(P.PRESETS, P.run, argv=argv(tmp_path / "cut"))
+    monkeypatch.setattr(P, "build", step)
+    capsys.readouterr()
+    assert main(P.PRESETS, P.run, argv=argv(tmp_path / "cut")) == 0
+    out = capsys.readouterr().out
+    assert "[dpo] resumed at step 2" in out and "SFT done" not in out  # cached reference
+    read = lambda wd: [json.loads(x) for x in open(wd / "res" / "metrics.jsonl")]
+    full, cut = read(tmp_path / "full"), read(tmp_path / "cut")
+    assert len(full) == len(cut)
+    for a, b in zip(full, cut):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if isinstance(v, float):
+                np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+            else:
+                assert b[k] == v
