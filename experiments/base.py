@@ -130,7 +130,7 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
     step = make_train_step(loss_fn, tx, model=graphdef, cfg=cfg, mesh=mesh,
                            state_sharding=s_shard, microbatches=cfg.train.microbatches,
                            lr_fn=lr_fn)
-    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg)
+    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg, mesh=mesh)
     return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
 
 

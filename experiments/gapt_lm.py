@@ -86,7 +86,8 @@ def _probe_hook(cfg):
 
     def hook(step, state, setup, eval_batches):
         if "ev" not in cache:
-            cache["ev"] = make_eval_step(ib.iblm, model=setup.graphdef, cfg=cfg0)
+            cache["ev"] = make_eval_step(ib.iblm, model=setup.graphdef, cfg=cfg0,
+                                         mesh=setup.mesh)
             cache["cos"] = jax.jit(lambda p, b: ib.grad_cosine(p, b, model=setup.graphdef,
                                                                cfg=cfg))
         ev = evaluate(cache["ev"], state["params"], eval_batches)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm.sharding import constrain
+
 Array = jax.Array
 
 
@@ -85,7 +87,8 @@ class Attention(nnx.Module):
         x_BLxD = x_BxLxD.reshape(B * L, D)
         w_Dx3xNxH = self.qkv_Dx3xNxH[...].astype(dt)
         q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (
-            (x_BLxD @ w_Dx3xNxH[:, c].reshape(D, N * H)).reshape(B, L, N, H) for c in range(3))
+            constrain((x_BLxD @ w_Dx3xNxH[:, c].reshape(D, N * H)).reshape(B, L, N, H),
+                      ("batch", "length", "heads", None)) for c in range(3))
         if cfg.pos == "rope":
             q_BxLxNxH = rotary(q_BxLxNxH, pos_BxL, cfg.rope_base)
             k_BxLxNxH = rotary(k_BxLxNxH, pos_BxL, cfg.rope_base)
@@ -124,7 +127,8 @@ class MLP(nnx.Module):
         D, C, F = self.up_DxCxF.shape
         B, L = x_BxLxD.shape[:2]
         x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), self.up_DxCxF[...].astype(dt)
-        h_BLxF = [x_BLxD @ w_DxCxF[:, c] for c in range(C)]  # 2-D dots (see Attention)
+        h_BLxF = [constrain(x_BLxD @ w_DxCxF[:, c], ("batch", "mlp"))  # 2-D dots (see Attention)
+                  for c in range(C)]
         if self.cfg.mlp == "swiglu":
             h_BLxF = jax.nn.silu(h_BLxF[0]) * h_BLxF[1]
         else:

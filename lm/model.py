@@ -22,6 +22,9 @@ from flax import nnx
 
 from lm.layers import Block, Norm, dropout, param
 from lm.routing import DLRCfg, LatentRouter
+from lm.sharding import constrain
+
+ACT_BxLxD = ("batch", "length", "act_embed")  # the residual stream's logical layout
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -98,6 +101,7 @@ class GPT(nnx.Module):
             x_BxLxD = x_BxLxD + self.pos_LxD[...].astype(dt)[pos_BxL]
         rngs = list(jax.random.split(rng, cfg.n_layers + 1)) if rng is not None else [None] * (
             cfg.n_layers + 1)
+        x_BxLxD = constrain(x_BxLxD, ACT_BxLxD)
         return dropout(x_BxLxD, cfg.dropout, rngs[-1]), rngs[:-1]
 
     def run_blocks(self, x_BxLxD, pos_BxL, rngs, cache=None, index=None, codes_BxM=None,
@@ -111,6 +115,7 @@ class GPT(nnx.Module):
                 x_BxLxD = self.dlr.steer(x_BxLxD, pos_BxL, codes_BxM)
             kv = None if cache is None else cache[i - lo]
             x_BxLxD, new_kv = self.blocks[i](x_BxLxD, pos_BxL, rngs[i], kv, index)
+            x_BxLxD = constrain(x_BxLxD, ACT_BxLxD)
             hiddens.append(x_BxLxD)
             new_cache.append(new_kv)
         return hiddens, new_cache
@@ -124,7 +129,8 @@ class GPT(nnx.Module):
         """Final norm and unembedding; logits in fp32."""
         h_BxLxD = self.norm_f(h_BxLxD)
         w_DxV = (self.embed_VxD[...].T if self.cfg.tie_embeddings else self.unembed_DxV[...])
-        return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV.astype(h_BxLxD.dtype)).astype(jnp.float32)
+        logits_BxLxV = jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV.astype(h_BxLxD.dtype))
+        return constrain(logits_BxLxV, ("batch", "length", "vocab")).astype(jnp.float32)
 
     def __call__(self, tokens_BxL, *, positions_BxL=None, rng=None, return_hidden=False,
                  codes_BxM=None):

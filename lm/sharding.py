@@ -30,6 +30,10 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "kv": None,
     "norm": None,
     "codes": None,
+    # activations (``constrain``): the residual stream is batch-sharded and replicated over
+    # ``tensor``; q/k/v and the MLP hidden are split by heads / mlp like their weights.
+    "length": None,
+    "act_embed": None,
 }
 
 
@@ -100,6 +104,17 @@ def fit_spec(spec: P, shape, mesh) -> P:
         size = math.prod(mesh.shape[a] for a in names)
         out.append(axes if size and dim % size == 0 else None)
     return P(*out)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Pin an activation's layout by logical ``names`` under the ambient mesh: a no-op outside
+    one (notebooks, sampling, single-device code). ``lm.train`` traces its steps under
+    ``jax.sharding.use_abstract_mesh(mesh)``; mesh axes that do not divide a dimension (a small
+    microbatch, an odd vocab) are dropped, as for params."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or tuple(mesh.axis_names) != AXES:
+        return x
+    return jax.lax.with_sharding_constraint(x, fit_spec(logical_to_spec(names), x.shape, mesh))
 
 
 def init_params(model_fn, mesh, rules=None):

@@ -12,6 +12,7 @@ whole). The per-step key is ``fold_in(rng, step)`` so a resumed run draws the sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lm.sharding import BATCH_AXES, ConfigError
+
+
+def mesh_context(mesh):
+    """Trace under ``mesh`` so the model's ``lm.sharding.constrain`` calls take effect."""
+    if mesh is None:
+        return contextlib.nullcontext()
+    am = mesh if isinstance(mesh, jax.sharding.AbstractMesh) else mesh.abstract_mesh
+    return jax.sharding.use_abstract_mesh(am)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +104,10 @@ def make_train_step(loss_fn: Callable, tx, *, model, cfg, mesh=None, state_shard
         return jax.tree.map(lambda x: x * w, g), w, aux, new_ls
 
     def step(state, batch):
+        with mesh_context(mesh):
+            return _step(state, batch)
+
+    def _step(state, batch):
         params, loss_state = state["params"], state["loss_state"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         if microbatches == 1:
@@ -141,11 +154,12 @@ def make_train_step(loss_fn: Callable, tx, *, model, cfg, mesh=None, state_shard
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(loss_fn: Callable, *, model, cfg, jit: bool = True):
+def make_eval_step(loss_fn: Callable, *, model, cfg, mesh=None, jit: bool = True):
     """Returns ``eval_step(params, batch) -> aux`` ((sum, count) pairs; no dropout)."""
 
     def step(params, batch):
-        _, aux = loss_fn(params, batch, model=model, rng=None, cfg=cfg)
+        with mesh_context(mesh):
+            _, aux = loss_fn(params, batch, model=model, rng=None, cfg=cfg)
         aux.pop("loss_state", None)
         return aux
     return jax.jit(step) if jit else step

@@ -50,6 +50,26 @@ def test_sharded_step_equals_single_device():
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
 
 
+def test_activation_layouts_are_pinned_under_the_step_mesh_only():
+    """The residual stream, q/k/v, MLP hidden and logits carry sharding constraints in the
+    train step's program (batch over data+fsdp, heads/mlp/vocab over tensor); the same model
+    called outside a mesh (notebooks, sampling) has none."""
+    m, state, step = setup((2, 2, 2))
+    b = sh.shard_batch(random_batch(8, 16, 64), m)
+    text = step.lower(state, b).as_text()
+    cons = [ln.split("<@mesh, ")[1].split(" :")[0] for ln in text.splitlines()
+            if "sharding_constraint" in ln]
+    stream = '[{"data", "fsdp"}, {}, {}]>'
+    assert cons.count(stream) >= 1 + TINY.n_layers  # after the embedding and every block
+    assert '[{"data", "fsdp"}, {}, {"tensor"}, {}]>' in cons  # q/k/v by heads
+    assert '[{"data", "fsdp"}, {"tensor"}]>' in cons  # MLP hidden by mlp
+    assert '[{"data", "fsdp"}, {}, {"tensor"}]>' in cons  # logits by vocab
+    gd, params = nnx.split(GPT(TINY, rngs=nnx.Rngs(0)), nnx.Param)
+    plain = jax.jit(lambda p, x: sh.merge(gd, p)(x)).lower(nnx.to_pure_dict(params),
+                                                           b["inputs"]).as_text()
+    assert "sharding_constraint" not in plain
+
+
 def test_microbatches_equal_full_batch_with_ragged_masks():
     """Gradient accumulation weights each slice by its token count: exact token mean."""
     p1, l1 = run_steps((2, 1, 1), n=2, mask_frac=0.4)
