@@ -44,6 +44,21 @@ def test_mutual_information_and_bootstrap_hand_cases():
     assert (mean, lo, hi) == (1.0, 1.0, 1.0)
 
 
+def test_methods_override_only_their_dlr_field():
+    cfg = E.tiny()
+    base = cfg.model.dlr
+    expect = {"dlr_c1": ("codes", 1), "dlr_c32": ("codes", 32), "dlr_k1": ("chunk", 1),
+              "dlr_k2": ("chunk", 2), "dlr_alpha0.3": ("alpha", 0.3), "dlr_alpha3": ("alpha", 3.0),
+              "dlr_ap0": ("alpha_policy", 0.0), "dlr_n1": ("n_search", 1)}
+    for method, (field, value) in expect.items():
+        d = E.method_model(cfg, method).dlr
+        assert getattr(d, field) == value
+        others = [f for f in ("codes", "chunk", "alpha", "alpha_policy", "layer") if f != field]
+        assert all(getattr(d, f) == getattr(base, f) for f in others), method
+    assert E.method_model(cfg, "dlr_n1").dlr.greedy is False
+    assert set(E.ARMS) <= set(E.METHODS) and E.tiny().exp.methods == E.ARMS
+
+
 def test_unknown_method_is_a_config_error(tmp_path, capsys):
     rc = main(E.PRESETS, E.run, argv=["--preset", "smoke", "--workdir", str(tmp_path),
                                       "--set", "exp.methods=sft,bogus"])
