@@ -2,8 +2,9 @@
 
     python -m experiments.dlr_arithmetic --preset tiny --workdir results/dlr_arithmetic
 
-Expected CPU time (2 idle cores): the pretraining about 12 minutes, then about 1 minute per
-post-training run (2 tasks x 6 methods x 3 seeds); the recorded run's wall time is in
+Expected CPU time (2 cores): pretraining 12k steps, about 20-25 minutes, then about 15 s per
+post-training run (2 tasks x 6 arms x 3 seeds, about 9 minutes); the recorded run (with the K
+and alpha sweeps, on a shared machine) took 40 minutes; its wall time is in
 ``summary.json``. The smoke preset (the test suite's) takes well under a minute.
 
 1. Pretrain one tiny GPT (explicit-operator six-digit add/sub, answers reversed) with ``xent``.
