@@ -1,6 +1,6 @@
 """DLR vs SFT post-training at equal optimizer steps on generated arithmetic (spec §4.4 E0/E1).
 
-    python -m experiments.dlr_arithmetic --preset tiny --workdir results/dlr_arithmetic
+    python -m experiments.dlr_arithmetic --preset tiny --workdir results/dlr_arithmetic/tiny
 
 Expected CPU time (2 cores): pretraining 12k steps, about 20-25 minutes, then about 15 s per
 post-training run (2 tasks x 6 arms x 3 seeds, about 9 minutes); the recorded run (with the K
