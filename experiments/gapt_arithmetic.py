@@ -191,15 +191,10 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
     tab = table(["arm", "seeds", "ID answer CE", "ID exact match", "OOD answer CE",
                  "ΔOOD CE vs ce", "OOD exact match", "ID MBE (mean over blocks)",
                  "GAPT phase (last step)"], rows)
-    out = cfg.exp.out or os.path.join(workdir, "results")
-    os.makedirs(out, exist_ok=True)
-    plot(runs, os.path.join(out, "plot.png"))
     records = [{"arm": a, "seed": s, **r} for (a, s), rs in runs.items() for r in rs]
-    cmd = "python -m experiments.gapt_arithmetic " + " ".join(argv or [])
-    readme = (f"# GAPT on multiplication (OOD operand length)\n\nCommand: `{cmd}`\n\n"
-              f"Paper claim: {PAPER}.\n\n{tab}\n\n![plot](plot.png)\n")
-    write_results(out, cfg, records, readme, argv)
-    print(tab)
+    out = write_results(cfg, workdir, argv, module="gapt_arithmetic",
+                        title="GAPT on multiplication (OOD operand length)", paper=PAPER,
+                        tab=tab, records=records, plot=lambda path: plot(runs, path))
     return {"table": tab, "runs": runs, "out": out}
 
 

@@ -43,11 +43,22 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: str, cfg, records: list[dict], readme: str, argv=None) -> None:
-    """config.json, versions.json, results.jsonl (every record), README.md into ``out``."""
+def write_results(cfg, workdir: str, argv, *, module: str, title: str, paper: str, tab: str,
+                  records: list[dict], plot) -> str:
+    """The study's results folder (``exp.out`` or ``<workdir>/results``): ``plot(path)`` writes
+    plot.png; then config.json, versions.json, results.jsonl (every record) and README.md
+    (command, the paper's claim, the table). Prints the table; returns the folder."""
     from lm import metrics as M
+    out = cfg.exp.out or os.path.join(workdir, "results")
+    os.makedirs(out, exist_ok=True)
+    plot(os.path.join(out, "plot.png"))
+    cmd = f"python -m experiments.{module} " + " ".join(argv or [])
+    readme = (f"# {title}\n\nCommand: `{cmd}`\n\nPaper claim: {paper}.\n\n{tab}\n\n"
+              "![plot](plot.png)\n")
     M.write_provenance(out, cfg, argv)
     with open(os.path.join(out, "results.jsonl"), "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     with open(os.path.join(out, "README.md"), "w") as fh:
         fh.write(readme)
+    print(tab)
+    return out

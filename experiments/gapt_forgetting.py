@@ -30,7 +30,6 @@ Choices (spec "inferred" items, reference bugs fixed):
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -224,14 +223,9 @@ def run(cfg: ForgetConfig, workdir: str, argv=None) -> dict:
     tab = table(["arm", "seeds", "L1 pos (pre)", "L1 neg (pre)", "L1 neg (after ft)",
                  "forgetting (ΔL1 neg)", "separation (pre)", "separation (after ft)",
                  "Δsep vs base", "specialisation (ft)", "frac. phase 2 (pre)"], rows)
-    out_dir = cfg.exp.out or os.path.join(workdir, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    plot(res, os.path.join(out_dir, "plot.png"))
-    cmd = "python -m experiments.gapt_forgetting " + " ".join(argv or [])
-    readme = (f"# GAPT and catastrophic forgetting\n\nCommand: `{cmd}`\n\nPaper claim: {PAPER}."
-              f"\n\n{tab}\n\n![plot](plot.png)\n")
-    write_results(out_dir, cfg, records, readme, argv)
-    print(tab)
+    out_dir = write_results(cfg, workdir, argv, module="gapt_forgetting",
+                            title="GAPT and catastrophic forgetting", paper=PAPER, tab=tab,
+                            records=records, plot=lambda path: plot(res, path))
     return {"table": tab, "results": res, "out": out_dir}
 
 

@@ -182,14 +182,9 @@ def run(cfg: GaptConfig, workdir: str, argv=None) -> dict:
             hook_runs[(arm, seed)] = M.read_jsonl(os.path.join(wd, "metrics.jsonl"))
             print(f"done {arm} seed {seed}")
     tab, records = summarise(hook_runs)
-    out = cfg.exp.out or os.path.join(workdir, "results")
-    os.makedirs(out, exist_ok=True)
-    plot(hook_runs, os.path.join(out, "plot.png"))
-    cmd = "python -m experiments.gapt_lm " + " ".join(argv or [])
-    readme = (f"# GAPT on language modelling\n\nCommand: `{cmd}`\n\nPaper claim: {PAPER}.\n\n"
-              f"{tab}\n\n![plot](plot.png)\n")
-    write_results(out, cfg, records, readme, argv)
-    print(tab)
+    out = write_results(cfg, workdir, argv, module="gapt_lm", title="GAPT on language modelling",
+                        paper=PAPER, tab=tab, records=records,
+                        plot=lambda path: plot(hook_runs, path))
     return {"table": tab, "runs": hook_runs, "out": out}
 
 
