@@ -73,11 +73,9 @@ def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
         raise ConfigError(f"--workdir {workdir} exists, is not empty and holds no config.json; "
                           "choose another --workdir or pass --set run.overwrite=true")
     if is_main:
+        from lm.metrics import write_json
         os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(new, fh, indent=2)
-        os.replace(tmp, path)
+        write_json(path, new)
     return False
 
 

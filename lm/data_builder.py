@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lm.metrics import write_atomic
 from lm.sharding import ConfigError
 from tokenization.bytes import EOS_ID
 
@@ -224,10 +225,7 @@ def write_kjv(path: str) -> str:
             books.setdefault(verse["book"], []).append(verse["text"].strip())
     text = "\n\n".join("\n".join(verses) for verses in books.values()) + "\n"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return os.path.abspath(path)
 
 

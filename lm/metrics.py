@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "grain",
@@ -61,10 +62,21 @@ def read_jsonl(path: str) -> list[dict]:
 def truncate_jsonl(path: str, max_step: int):
     """Drop records after ``max_step`` (a resumed run rewrites them)."""
     recs = [r for r in read_jsonl(path) if r["step"] <= max_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in recs)
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in recs))
+
+
+def write_atomic(path: str, text: str) -> str:
+    """Write ``text`` all or nothing: a temp file in the same folder, renamed over ``path``
+    (a killed process leaves the old file or none, never half of one)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def git_commit() -> str:
@@ -102,12 +114,8 @@ def to_jsonable(cfg) -> dict:
 
 
 def write_json(path: str, obj) -> str:
-    """Write ``obj`` as indented JSON atomically (temp file in the same folder, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    """Write ``obj`` as indented JSON, atomically (``write_atomic``)."""
+    return write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def write_provenance(out: str, cfg=None, argv=None, name: str = "versions.json",

@@ -197,16 +197,10 @@ def run(base_params, items: list[Item], *, make_student, helpers, judge, finetun
 
 
 def write_jsonl_atomic(path: str, records: list[dict]):
-    """All records or nothing: written to ``path.tmp`` and renamed."""
+    """All records or nothing (``lm.metrics.write_atomic``)."""
+    from lm.metrics import write_atomic
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def build_references(teacher, queries: list[tuple[str, str, str]], *, n_refine: int = 1,
