@@ -230,7 +230,7 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         _, base = train_params(pre_cfg, pre_opt, "xent", base,
                                T.batches(pre, ex.pretrain_batch, ex.pretrain_steps, 0),
                                ex.pretrain_steps, cfg.train.seed, logger(phase="pretrain"))
-    save_params_npz(os.path.join(workdir, "base.npz"), base)
+        save_params_npz(os.path.join(workdir, "base.npz"), base)  # a reused base is not copied
     print(f"pretrained in {time.perf_counter() - t0:.0f}s")
     post_opt = dataclasses.replace(cfg.opt, lr=ex.post_lr)
     results = []
