@@ -27,9 +27,20 @@ Choices (spec says "verify"/"inferred"):
   ``q = exp(old_logp)``, ``lo = (1 + sqrt(max(1 - 4 eps_low / q, 0))) / 2``,
   ``hi = min((1 + sqrt(1 + 4 eps_high / q)) / 2, max(clip_c, 10))``, plus the dual clip for A < 0
   (their ``clip_type="dynamic"``). eps_low=0.16, eps_high=0.2 are the paper's values (so at
-  q = 1 the bounds are [0.8, 1.17]). Their OTM aggregation (a per-response token mean summed over
-  responses) is ``seq-mean-token-mean`` times B; we use the mean (same relative weights; Adam
-  removes the constant).
+  q = 1 the bounds are [0.8, 1.17]).
+- DCPO aggregation ("only token mean", OTM) weights every token equally, which is its point: the
+  default ``agg="token-mean"`` is their code's ``only-token-mean`` (lime-RL/DCPO ``agg_loss``: one
+  masked mean over all tokens of the batch, ``sum_i sum_t L_it / sum_i |o_i|``). The paper writes
+  OTM as ``(1/G) sum_i sum_t L_it``, which is ``agg="seq-mean-token-sum"`` (``--set
+  loss.agg=seq-mean-token-sum``); the two differ by the constant mean length. Neither is
+  ``seq-mean-token-mean``, whose ``1/|o_i|`` length weighting is what DCPO removes (the
+  ``grpo_arithmetic`` run recorded before this fix used it).
+
+Fully masked rows (no response token). The sequence-mean modes divide by the number of
+*non-empty* rows, as verl's ``agg_loss`` does (its ``seq_mask = (sum(mask, -1) > 0)``); TRL's
+``loss_type="grpo"`` (``((L * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()``) divides by
+*all* rows of the micro-batch, so a batch with k empty rows out of B gives TRL's loss times
+``B / (B - k)`` here. ``grpo`` and ``gspo`` follow verl on this point.
 """
 
 from __future__ import annotations
@@ -159,7 +170,10 @@ def ppo_clip(logp, old_logp, adv, mask, *, ref_logp=None, eps_low: float = 0.2,
 def grpo(logp, old_logp, adv, mask, *, ref_logp=None, eps_low: float = 0.2,
          eps_high: float = 0.2, kl_coef: float = 0.0, kl_kind: str = "k3",
          agg: str = "seq-mean-token-mean", **counts):
-    """GRPO (DeepSeekMath, TRL ``loss_type="grpo"``): clipped ratio, seq mean of token means."""
+    """GRPO (DeepSeekMath, TRL ``loss_type="grpo"``): clipped ratio, seq mean of token means.
+
+    The sequence mean is over rows with >= 1 active token (verl); TRL divides by all rows, so
+    fully masked rows make TRL's loss smaller by ``(B - k) / B`` (module doc)."""
     return ppo_clip(logp, old_logp, adv, mask, ref_logp=ref_logp, eps_low=eps_low,
                     eps_high=eps_high, clip_c=None, kl_coef=kl_coef, kl_kind=kl_kind, agg=agg,
                     **counts)
@@ -188,7 +202,9 @@ def dapo(logp, old_logp, adv, mask, *, ref_logp=None, eps_low: float = 0.2,
 
 def gspo(logp, old_logp, adv, mask, *, ref_logp=None, eps_low: float = 3e-4,
          eps_high: float = 4e-4, kl_coef: float = 0.0, kl_kind: str = "k3", **counts):
-    """GSPO: geometric-mean sequence ratio ``s_b`` (verl token form), seq-mean-token-mean."""
+    """GSPO: geometric-mean sequence ratio ``s_b`` (verl token form), seq-mean-token-mean.
+
+    As ``grpo``: the sequence mean counts only non-empty rows (verl), not all rows (TRL)."""
     sg = jax.lax.stop_gradient
     logp, old, adv, ref = _clean(logp, old_logp, adv, mask, ref_logp)
     m = _m(mask)
@@ -228,17 +244,19 @@ def dcpo_bounds(old_logp, eps_low: float = 0.16, eps_high: float = 0.2, clip_c: 
 
 def dcpo(logp, old_logp, adv, mask, *, ref_logp=None, eps_low: float = 0.16,
          eps_high: float = 0.2, clip_c: float = 3.0, kl_coef: float = 0.0, kl_kind: str = "k3",
-         **counts):
+         agg: str = "token-mean", **counts):
     """DCPO: dynamic-adaptive clip bounds (``dcpo_bounds``) + dual clip; advantages come from
-    ``rl.advantages.sas`` (smooth advantage standardization, explicit state)."""
+    ``rl.advantages.sas`` (smooth advantage standardization, explicit state).
+
+    ``agg="token-mean"`` is their code's OTM (one masked mean over all tokens);
+    ``agg="seq-mean-token-sum"`` is the paper's ``(1/G) sum_i sum_t`` (module doc)."""
     logp, old, adv, ref = _clean(logp, old_logp, adv, mask, ref_logp)
     log_ratio = jnp.clip(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = jnp.exp(log_ratio)
     lo, hi = dcpo_bounds(old, eps_low, eps_high, clip_c)
     tok, aux = _clipped(ratio, adv, lo, hi, clip_c, mask)
     aux.update(_ratio_aux(log_ratio, ratio, adv, mask))
-    counts.pop("scale", None)
-    return _finish(tok, mask, "seq-mean-token-mean", counts, aux, logp, ref, kl_coef, kl_kind)
+    return _finish(tok, mask, agg, counts, aux, logp, ref, kl_coef, kl_kind)
 
 
 def value_loss(vpred, old_values, returns, mask, *, eps_v: float = 0.5, agg: str = "token-mean",

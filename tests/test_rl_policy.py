@@ -292,3 +292,64 @@ def test_jit_equals_no_jit_pure(name):
     (v1, g1), (v2, g2) = f(x), jax.jit(f)(x)
     np.testing.assert_allclose(v2, v1, rtol=1e-6)
     np.testing.assert_allclose(g2, g1, rtol=1e-5, atol=1e-7)
+
+
+def _np_dcpo_token_loss(logp, old, adv, eps_low=0.16, eps_high=0.2, clip_c=3.0):
+    """lime-RL/DCPO per-token loss in numpy: get_clip_low_high bounds, verl dual-clip PPO."""
+    q = np.exp(old)
+    lo = 0.5 + 0.5 * np.sqrt(np.maximum(1 - 4 * eps_low / q, 0.0))
+    hi = np.minimum(0.5 + 0.5 * np.sqrt(1 + 4 * eps_high / q), max(clip_c, 10.0))
+    r = np.exp(logp - old)
+    pg1, pg2 = -adv * r, -adv * np.clip(r, lo, hi)
+    clip1 = np.maximum(pg1, pg2)
+    return np.where(adv < 0, np.minimum(-adv * clip_c, clip1), clip1)
+
+
+def _ragged(rng, lengths, T):
+    B = len(lengths)
+    mask = (np.arange(T)[None] < np.array(lengths)[:, None]).astype(np.float32)
+    old = -rng.random((B, T)) * 2 - 0.05
+    logp = old + rng.normal(0, 0.4, (B, T))
+    adv = np.repeat(rng.normal(size=(B, 1)), T, 1)
+    return logp, old, adv, mask
+
+
+def test_dcpo_otm_aggregation_ragged_lengths():
+    """DCPO default = their code's only-token-mean (sum of all token losses / all tokens); the
+    paper's (1/G) sum_i sum_t via agg=seq-mean-token-sum; both differ from the 1/|o_i| form."""
+    logp, old, adv, mask = _ragged(np.random.default_rng(7), [1, 6, 3, 2], 6)
+    L = _np_dcpo_token_loss(logp, old, adv)
+    code_otm = (L * mask).sum() / mask.sum()          # agg_loss "only-token-mean"
+    paper_otm = (L * mask).sum(-1).sum() / len(mask)  # (1/G) sum_i sum_t, G responses
+    seq_mean_tok_mean = ((L * mask).sum(-1) / mask.sum(-1)).mean()
+    args = [jnp.array(a, jnp.float32) for a in (logp, old, adv, mask)]
+    got = float(P.dcpo(*args)[0])
+    np.testing.assert_allclose(got, code_otm, rtol=1e-5)
+    np.testing.assert_allclose(float(P.dcpo(*args, agg="seq-mean-token-sum")[0]), paper_otm,
+                               rtol=1e-5)
+    assert abs(got - seq_mean_tok_mean) > 1e-2 * abs(code_otm)  # ragged: the forms differ
+    # every active token has the same gradient weight 1/N under OTM (unclipped tokens)
+    g = jax.grad(lambda lp: P.dcpo(lp, *args[1:])[0])(args[0])
+    r = np.exp(logp - old)
+    lo_hi = np.isclose(_np_dcpo_token_loss(logp, old, adv), -adv * r)
+    free = (mask > 0) & lo_hi
+    np.testing.assert_allclose(np.asarray(g)[free], (-adv * r / mask.sum())[free], rtol=1e-4)
+
+
+def test_grpo_gspo_fully_masked_rows_divide_by_nonempty_rows_not_all_rows():
+    """Ours (verl) = mean over non-empty rows; TRL loss_type="grpo" = mean over all rows."""
+    logp, old, adv, mask = _ragged(np.random.default_rng(8), [3, 0, 5, 0, 2], 5)
+    nb = mask.sum(-1)
+    r = np.exp(logp - old)
+    grpo_tok = np.maximum(-adv * r, -adv * np.clip(r, 0.8, 1.2))
+    s_B = np.exp(((logp - old) * mask).sum(-1) / np.maximum(nb, 1))[:, None]  # TRL sequence IS
+    gspo_tok = np.maximum(-adv * s_B, -adv * np.clip(s_B, 1 - 3e-4, 1 + 4e-4))
+    args = [jnp.array(a, jnp.float32) for a in (logp, old, adv, mask)]
+    for fn, tok_loss in ((P.grpo, grpo_tok), (P.gspo, gspo_tok)):
+        row_means = (tok_loss * mask).sum(-1) / np.maximum(nb, 1)
+        trl = row_means.mean()                 # TRL: .mean() over all B rows
+        verl = row_means[nb > 0].mean()        # verl agg_loss: seq_mask = nb > 0
+        got = float(fn(*args)[0])
+        np.testing.assert_allclose(got, verl, rtol=1e-5)
+        assert abs(got - trl) > 0.1 * abs(verl)
+        np.testing.assert_allclose(got * 3 / 5, trl, rtol=1e-5)  # 3 of 5 rows non-empty
