@@ -22,7 +22,10 @@ Pipeline and design choices:
    ``[i*L, i*L + L + 1)``; ``inputs = w[:-1]``, ``targets = w[1:]``. Windows overlap by one token,
    so every token of the stream after the first is a target exactly once per epoch; the last
    window is padded with ``<pad>`` and its padded targets get ``mask = 0``. Windows may span
-   document boundaries (``<eos>`` separates them; attention is not reset).
+   document boundaries (``<eos>`` separates them; attention is not reset). With
+   ``packing="document"`` each window also carries ``segment_ids`` and per-document
+   ``positions`` and the target after each ``<eos>`` is masked (``lm.packing``): attention and
+   positions restart at every document, as if each were run alone.
 6. **Order** (grain ``MapDataset``): ``windows.shuffle(seed).repeat()`` reshuffles every epoch
    (grain reseeds per epoch); process ``p`` of ``n`` takes global positions ``p::n`` and batches
    ``B/n`` of them, so step ``t`` of all processes together is the global batch ``[tB, (t+1)B)``.
@@ -38,6 +41,7 @@ import os
 
 import numpy as np
 
+from lm.packing import check_packing, document_layout
 from lm.sharding import ConfigError
 from tokenization.bytes import EOS_ID, PAD_ID, VOCAB_SIZE
 
@@ -58,6 +62,7 @@ class DataCfg:
     worker_count: int = 0  # grain worker processes (0 = in-process)
     txt_docs: str = "paragraphs"  # .txt documents: "paragraphs" (blank-line split) | "file"
     synthetic_docs: int = 256  # number of in-memory documents for source="synthetic"
+    packing: str = "concat"  # "concat" (attention crosses documents) | "document" (lm.packing)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -95,6 +100,7 @@ def validate(cfg: DataCfg) -> None:
         raise ConfigError(f"data.eval_fraction={cfg.eval_fraction} must be in (0, 1)")
     if cfg.txt_docs not in TXT_DOCS:
         raise ConfigError(f"data.txt_docs={cfg.txt_docs!r} is not one of {list(TXT_DOCS)}")
+    check_packing(cfg.packing)
     if cfg.worker_count < 0:
         raise ConfigError(f"data.worker_count={cfg.worker_count} must be >= 0")
     if cfg.source == "synthetic" and cfg.synthetic_docs < 2:
@@ -141,11 +147,24 @@ def prepare_corpus(cfg: DataCfg) -> str:
     return write_kjv(os.path.join(cfg.data_dir, "corpora", "kjv.txt"))
 
 
-class PackedWindows:
-    """Concatenate-and-chunk view of a record source: ``L+1``-token windows with stride ``L``."""
+def eos_id(cfg: DataCfg) -> int:
+    """The token that ends (byte data) or separates (GPT-2 shards) documents of the source."""
+    if cfg.source == "bin":
+        from lm.data_bin import EOT_ID
+        return EOT_ID
+    return EOS_ID
 
-    def __init__(self, source, lengths_N: np.ndarray, seq_len: int):
+
+class PackedWindows:
+    """Concatenate-and-chunk view of a record source: ``L+1``-token windows with stride ``L``.
+
+    ``document=True`` adds ``segment_ids`` / ``positions`` and masks cross-document targets
+    (``lm.packing.document_layout``; documents end with ``eos``)."""
+
+    def __init__(self, source, lengths_N: np.ndarray, seq_len: int, *, document: bool = False,
+                 eos: int = EOS_ID):
         self.source, self.seq_len = source, int(seq_len)
+        self.document, self.eos = document, int(eos)
         self.starts_N1 = np.concatenate([[0], np.cumsum(lengths_N, dtype=np.int64)])
         self.n_tokens = int(self.starts_N1[-1])
         self._len = max(0, -(-(self.n_tokens - 1) // self.seq_len))  # ceil((N-1)/L)
@@ -167,7 +186,11 @@ class PackedWindows:
         w_T = np.full(L + 1, PAD_ID, np.int32)
         w_T[: hi - lo] = stream_T[off: off + hi - lo]
         mask_L = (np.arange(L) < hi - lo - 1).astype(np.float32)
-        return {"inputs": w_T[:-1], "targets": w_T[1:], "mask": mask_L}
+        out = {"inputs": w_T[:-1], "targets": w_T[1:], "mask": mask_L}
+        if self.document:
+            seg_L, pos_L, keep_L = document_layout(w_T[:-1], hi - lo - 1, self.eos)
+            out.update(mask=mask_L * keep_L, segment_ids=seg_L, positions=pos_L)
+        return out
 
 
 def _windows(cfg: DataCfg, split: str, seq_len: int) -> tuple[PackedWindows, str]:
@@ -175,7 +198,8 @@ def _windows(cfg: DataCfg, split: str, seq_len: int) -> tuple[PackedWindows, str
         raise ConfigError(f"seq_len={seq_len} must be >= 1")
     splits = split_sources(cfg)
     src, lengths_N = splits[split]
-    win = PackedWindows(src, lengths_N, seq_len)
+    win = PackedWindows(src, lengths_N, seq_len, document=cfg.packing == "document",
+                        eos=eos_id(cfg))
     if len(win) == 0:
         raise ConfigError(f"data: the {split} split has {win.n_tokens} token(s), too few for "
                           f"one window of seq_len={seq_len}; add text")
@@ -255,6 +279,8 @@ def make_train_iter(cfg: DataCfg, *, batch_size: int, seq_len: int, seed: int,
                                                          drop_remainder=True)
     meta = {"fingerprint": fingerprint, "batch_size": batch_size, "seq_len": seq_len,
             "seed": int(seed), "shuffle": cfg.shuffle}
+    if cfg.packing != "concat":  # concat runs keep their iterator state unchanged
+        meta["packing"] = cfg.packing
     return TrainIterator(ds, worker_count=cfg.worker_count, meta=meta)
 
 
@@ -272,7 +298,8 @@ def make_eval_batches(cfg: DataCfg, *, batch_size: int, seq_len: int,
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         n_pad = batch_size - len(rows)
         if n_pad:
-            pad = {"inputs": PAD_ID, "targets": PAD_ID, "mask": 0.0}
+            pad = {"inputs": PAD_ID, "targets": PAD_ID, "mask": 0.0, "segment_ids": 0,
+                   "positions": 0}
             batch = {k: np.concatenate([v, np.full((n_pad, seq_len), pad[k], v.dtype)])
                      for k, v in batch.items()}
         out.append(batch)

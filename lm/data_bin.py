@@ -22,6 +22,7 @@ import numpy as np
 from lm.sharding import ConfigError
 
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
+EOT_ID = 50256  # GPT-2 <|endoftext|>, between documents (data.packing="document" cuts after it)
 RECORD_TOKENS = 1 << 16
 
 
