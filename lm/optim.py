@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import jax
@@ -33,6 +34,15 @@ class OptCfg:
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"opt.schedule={self.schedule!r} is not one of "
                               "('cosine', 'linear', 'constant')")
+        for key, ok, allowed in (
+                ("lr", self.lr > 0, "> 0"), ("eps", self.eps > 0, "> 0"),
+                ("b1", 0 <= self.b1 < 1, "in [0, 1)"), ("b2", 0 <= self.b2 < 1, "in [0, 1)"),
+                ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                ("warmup", self.warmup >= 0, ">= 0"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("clip", self.clip >= 0, ">= 0 (0 disables clipping)")):
+            if not (ok and math.isfinite(getattr(self, key))):  # nan fails every comparison
+                raise ConfigError(f"opt.{key}={getattr(self, key)!r} must be finite and {allowed}")
 
 
 def schedule(cfg: OptCfg, total_steps: int) -> optax.Schedule:

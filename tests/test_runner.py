@@ -135,6 +135,12 @@ BAD = [
     (["data.source=files"], "data.paths"),
     (["data.source=files", "data.paths=/nonexistent/*.txt"], "no file matches"),
     (["train.loss=nope"], "not a registered loss"),
+    (["opt.lr=-1"], "opt.lr=-1.0 must be finite and > 0"),
+    (["opt.eps=0"], "opt.eps=0.0 must be finite and > 0"),
+    (["opt.b2=1.0"], "opt.b2=1.0 must be finite and in [0, 1)"),
+    (["opt.weight_decay=-0.1"], "opt.weight_decay=-0.1 must be finite and >= 0"),
+    (["opt.clip=-1"], "opt.clip=-1.0 must be finite and >= 0"),
+    (["opt.lr=nan"], "opt.lr=nan must be finite"),
 ]
 
 
