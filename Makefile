@@ -29,8 +29,9 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the layers contract (tokenization < lm < rl < experiments)
 	$(BIN)/ruff check lm rl tokenization experiments tests benchmarks notebooks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs data_cache .pytest_cache

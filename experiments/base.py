@@ -3,6 +3,8 @@
     python -m experiments.<name> [--preset tiny] [--set k=v ...] [--workdir DIR] [--dry-run]
         [--coordinator host:port --num-processes N --process-id i | --distributed]
 
+The builder (``build``, ``Setup``, ``validate``, ``sample_text``) is library code in
+``lm/setup.py``; it is re-exported here so ``experiments.base.build`` keeps working.
 ``main(presets)`` parses the command line, applies overrides, validates the config against the
 devices (one ``ConfigError`` message, exit code 2, never a traceback from inside JAX), and hands the
 config to the experiment's ``run(cfg, workdir)``. ``train(cfg, workdir)`` is the shared pretraining
@@ -13,39 +15,17 @@ configured loss -> data -> Orbax resume -> metrics/plot -> sample.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
 import sys
 from collections.abc import Callable
 
-from experiments.config import Config, override, to_dict
+from lm.config import Config, override, to_dict
+from lm.setup import Setup, build, sample_text, validate  # noqa: F401 - public names live here too
 from lm.sharding import ConfigError
 
 EXIT_CONFIG, EXIT_NONFINITE = 2, 3
-
-
-def validate(cfg: Config, n_devices: int):
-    """Config checks that need the device count; raises ConfigError."""
-    from lm import data as data_lib
-    from lm.losses import get_loss
-    d, f, t = cfg.mesh.shape(n_devices)
-    dp, tr = d * f, cfg.train
-    if tr.batch_size % tr.microbatches:
-        raise ConfigError(f"train.batch_size={tr.batch_size} is not divisible by "
-                          f"train.microbatches={tr.microbatches}")
-    if (tr.batch_size // tr.microbatches) % dp:
-        raise ConfigError(f"train.batch_size={tr.batch_size} (per microbatch "
-                          f"{tr.batch_size // tr.microbatches}) is not divisible by the data axes "
-                          f"data*fsdp={dp}; use a multiple of {dp * tr.microbatches}")
-    if tr.seq_len > cfg.model.max_len:
-        raise ConfigError(f"train.seq_len={tr.seq_len} exceeds the model context "
-                          f"model.max_len={cfg.model.max_len}; allowed: 1..{cfg.model.max_len}")
-    if tr.seq_len < 1 or tr.steps < 1 or tr.batch_size < 1:
-        raise ConfigError("train.seq_len, train.steps and train.batch_size must be >= 1")
-    get_loss(tr.loss)
-    data_lib.validate(cfg.data)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -85,73 +65,6 @@ def _diff(a, b, prefix=""):
             yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
     elif a != b:
         yield prefix.rstrip(".")
-
-
-# ----------------------------------------------------------------------------- building blocks
-
-
-@dataclasses.dataclass
-class Setup:
-    """Everything a loop needs, built once from a config (also handy in notebooks)."""
-
-    cfg: Config
-    mesh: object
-    graphdef: object
-    state: dict
-    state_sharding: dict
-    tx: object
-    lr_fn: Callable
-    train_step: Callable
-    eval_step: Callable
-
-
-def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
-    import jax
-    from flax import nnx
-
-    from lm import sharding as sh
-    from lm.losses import get_loss
-    from lm.model import GPT
-    from lm.optim import make_optimizer
-    from lm.train import init_state, make_eval_step, make_train_step, state_shardings
-
-    mesh = mesh or sh.make_mesh(cfg.mesh)
-    loss_fn = loss_fn or get_loss(cfg.train.loss)
-    if loss_state is None and hasattr(loss_fn, "init_state"):  # stateful losses (lm.ib)
-        loss_state = loss_fn.init_state(cfg)
-    seed = cfg.train.seed
-    graphdef, params, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)), mesh)
-    tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, loss_state), params)
-    s_shard = state_shardings(shapes, p_shard, mesh)
-    state = jax.jit(lambda p: init_state(p, tx, seed, loss_state), out_shardings=s_shard)(params)
-    step = make_train_step(loss_fn, tx, model=graphdef, cfg=cfg, mesh=mesh,
-                           state_sharding=s_shard, microbatches=cfg.train.microbatches,
-                           lr_fn=lr_fn)
-    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg, mesh=mesh)
-    return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
-
-
-def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0) -> str:
-    """Greedy-free (temperature 0.8, top-k 40) continuation of ``prompt`` with the KV cache."""
-    import jax
-    import numpy as np
-
-    from lm.sample import SampleCfg, generate
-    from tokenization.bytes import ByteTokenizer
-
-    tok = ByteTokenizer()
-    ids = tok.encode(prompt)
-    max_len = setup.cfg.model.max_len
-    n_tokens = min(n_tokens, max_len - len(ids))
-    if n_tokens <= 0:
-        return prompt
-    out = generate(setup.graphdef, jax.device_get(params), ids[None].astype(np.int32),
-                   np.array([len(ids)], np.int32),
-                   SampleCfg(max_new_tokens=n_tokens, temperature=0.8, top_k=40,
-                             eos_id=None), jax.random.key(seed))
-    new = np.asarray(out["tokens_BxT"][0])[: int(out["lengths_B"][0])]
-    return prompt + tok.decode(new)
 
 
 # ----------------------------------------------------------------------------- training
@@ -301,7 +214,7 @@ def main(presets: dict[str, Callable[[], Config]], run: Callable, *, default: st
         cfg = load_config(args, presets, default)
         workdir = args.workdir or os.path.join("runs", cfg.run.name)
         if args.dry_run:
-            from experiments.dry_run import dry_run
+            from experiments.dry_run import dry_run  # one way: dry_run imports lm.setup
             print(dry_run(cfg))
             return 0
         init_distributed(args)

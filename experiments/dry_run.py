@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.config import Config
+from lm.config import Config
 
 
 def _per_device_bytes(shapes, shardings, mesh_shape: dict) -> int:
@@ -44,11 +44,11 @@ def dry_run(cfg: Config) -> str:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from experiments.base import validate
     from lm import sharding as sh
     from lm.losses import get_loss
     from lm.model import GPT, count_params
     from lm.optim import make_optimizer
+    from lm.setup import validate
     from lm.train import init_state, make_train_step, state_shardings
 
     validate(cfg, n)

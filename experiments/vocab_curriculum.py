@@ -6,7 +6,7 @@
 
 A character-level GPT trains on the corpus (stage 0); each of ``vocab.stages`` stages then
 measures per-token surprisal on random train windows, adds the merged tokens of low-surprisal spans
-(``CurriculumTokenizer.expand``), grows the embedding rows from the right component, re-encodes the
+(``lm.vocab_growth.expand``), grows the embedding rows from the right component, re-encodes the
 data and continues training with a fresh optimizer and schedule. Baselines at every V_k > V_0,
 trained from scratch: ``step`` (on V_k's tokenizer for ``stage_steps * (k+1)`` steps, the paper's
 step-matched protocol), ``flop`` (as many steps as the curriculum's FLOPs up to stage k buy at
@@ -49,6 +49,7 @@ import numpy as np
 
 from experiments.base import main, prepare_run_dir
 from experiments.config import Config, RunCfg
+from lm import vocab_growth
 from lm.data import DataCfg
 from lm.model import ModelCfg
 from lm.optim import OptCfg
@@ -301,8 +302,9 @@ def run(cfg: VocabConfig, workdir: str, argv=None) -> dict:
     for k in range(1, vc.stages + 1):
         pool = _pool_batches(train_T, vc, k)
         t0 = time.perf_counter()
-        tok, params, rep = tok.expand(params, pool, model=None, M=vc.M, tau=vc.tau, q=vc.q,
-                                      seed=vc.seed + k, nll_fn=R.nll_fn(tok.vocab_size, n))
+        tok, params, rep = vocab_growth.expand(tok, params, pool, model=None, M=vc.M, tau=vc.tau,
+                                               q=vc.q, seed=vc.seed + k,
+                                               nll_fn=R.nll_fn(tok.vocab_size, n))
         train_T, val_T = enc(tok)
         rep["expand_seconds"] = time.perf_counter() - t0
         print(f"[expand {k}] {rep}", flush=True)

@@ -50,7 +50,7 @@ def from_dict(cls, d: dict):
 
 
 def load_run_config(workdir: str):
-    from experiments.config import Config
+    from lm.config import Config
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError(f"--workdir {workdir} has no config.json; is it a run directory?")
@@ -60,8 +60,8 @@ def load_run_config(workdir: str):
 
 def restore_params(workdir: str, cfg, step: int | None = None):
     """(setup, params, step) from the run's checkpoints."""
-    from experiments.base import build
     from lm.checkpoint import Checkpointer, abstract_target
+    from lm.setup import build
     setup = build(cfg)
     ck = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     try:

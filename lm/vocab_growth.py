@@ -31,8 +31,8 @@ the realized growth is random (a tuple adds up to len-1 ids), ``V_pad`` is not f
 advance: it is ``V_k`` rounded up to a multiple of ``vocab.pad_multiple``, and a stage whose
 ``V_k`` exceeds the current ``V_pad`` gets a new ``PaddedTrainer`` (one more compile), cached by
 ``(V_pad, LR span)``. Growth itself stays a host-side ``grow_params`` on the unpadded rows
-(``activate_rows`` is the in-place equivalent on padded rows), so ``CurriculumTokenizer.expand``
-works unchanged. At the paper's scale (5000 steps a stage, V up to 18k) compiles are negligible
+(``activate_rows`` is the in-place equivalent on padded rows), so ``expand`` (below) works
+unchanged. At the paper's scale (5000 steps a stage, V up to 18k) compiles are negligible
 and the padding waste is what matters, so keep ``pad_multiple`` small there (or re-measure). The
 FLOP accounting in the experiment counts the model's nominal ``V_k`` (masked columns are an
 implementation artefact).
@@ -67,6 +67,23 @@ def grow_params(params, right_ids_N) -> dict:
         un_DxV = np.asarray(params[UNEMBED])
         out[UNEMBED] = np.concatenate([un_DxV, un_DxV[:, right_ids_N]], axis=1)
     return out
+
+
+def expand(tok, params, batches, *, model, M: int = 3000, tau: float = 0.3, q: float = 0.6,
+           seed: int = 0, nll_fn=None):
+    """One curriculum step on a ``tokenization.curriculum.CurriculumTokenizer``:
+    ``(tok2, params2, report)``. The tokenizer proposes the merges from this model's surprisal
+    (``tok.propose``); the new rows copy their right component's (``grow_params``).
+    ``model`` is the GPT graphdef (or module); ``nll_fn`` overrides ``make_nll_fn(model)``."""
+    nll_fn = nll_fn or make_nll_fn(model)
+    tok2, right_ids, report = tok.propose(params, batches, nll_fn=nll_fn, M=M, tau=tau, q=q,
+                                          seed=seed)
+    return tok2, grow_params(params, right_ids), report
+
+
+def truncate(tok, size: int, params=None):
+    """LIFO scale-down of the tokenizer and (if given) the params: ``(tok2, params2)``."""
+    return tok.truncate(size), (None if params is None else truncate_params(params, size))
 
 
 def truncate_params(params, size: int) -> dict:

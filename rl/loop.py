@@ -88,11 +88,11 @@ def _place(tree, shardings):
 
 def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=print) -> list:
     """Run ``cfg.train.steps`` RL steps from ``policy_params``; returns the metric records."""
-    from experiments.base import build
     from lm import metrics as M
     from lm import sharding as sh
     from lm.checkpoint import Checkpointer, abstract_target
     from lm.losses import get_loss
+    from lm.setup import build
     from lm.train import to_host
 
     rc, tr = cfg.rl, cfg.train

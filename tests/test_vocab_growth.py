@@ -11,10 +11,12 @@ from lm.bpc import bpc, full_windows, random_windows, token_length_curve, token_
 from lm.losses import xent
 from lm.vocab_growth import (
     activate_rows,
+    expand,
     grow_params,
     make_nll_fn,
     masked_xent,
     pad_params,
+    truncate,
     truncate_params,
 )
 from tests.helpers import TINY, tiny_model
@@ -37,7 +39,7 @@ def windows(tok, n=8, L=24, seed=0):
 
 def expanded():
     g, p = model_for(TOK.vocab_size)
-    tok2, p2, rep = TOK.expand(p, [windows(TOK)], model=g, M=20, tau=100.0, q=1.0, seed=0)
+    tok2, p2, rep = expand(TOK, p, [windows(TOK)], model=g, M=20, tau=100.0, q=1.0, seed=0)
     return g, p, tok2, p2, rep
 
 
@@ -59,7 +61,7 @@ def test_new_token_gets_exactly_its_right_components_logit():
 
 def test_truncation_restores_tokenizer_and_params_exactly():
     g, p, tok2, p2, _ = expanded()
-    tok1, p1 = tok2.truncate(TOK.vocab_size, p2)
+    tok1, p1 = truncate(tok2, TOK.vocab_size, p2)
     assert tok1 == TOK
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

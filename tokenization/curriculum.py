@@ -19,6 +19,8 @@ Expansion from a model and windows of the current token stream (spec §2.1-2.6):
    already a token **reuses that id** (the reference's bug §7.3 turned the prefix into None).
    For every new id it returns the right component, whose embedding/unembedding row the new row
    copies (``lm.vocab_growth.grow_params``), so the new token starts with exactly its logit.
+   ``CurriculumTokenizer.propose`` is this tokenizer side; the model side (the surprisal pass and
+   the row growth) is ``lm.vocab_growth.expand(tok, params, ...)``: tokenization imports no model.
 
 Truncation is LIFO (ids, rows, merges with id >= V go); ``log_spaced_sizes`` gives the scale-down
 targets. Choices the spec leaves open: a tuple is sorted into the pool once per occurrence; the
@@ -190,15 +192,14 @@ class CurriculumTokenizer:
         tok.stage_V += [self.stage + 1] * len(new_ids)
         return tok, new_ids, right_ids, reused
 
-    def expand(self, params, batches, *, model, M: int = 3000, tau: float = 0.3, q: float = 0.6,
-               seed: int = 0, nll_fn=None):
-        """One curriculum step: ``(tok2, params2, report)``.
+    def propose(self, params, batches, *, nll_fn, M: int = 3000, tau: float = 0.3,
+                q: float = 0.6, seed: int = 0):
+        """The tokenizer side of one curriculum step: ``(tok2, right_ids, report)``.
 
-        ``batches`` yields int windows ``[B, T+1]`` of this tokenizer's stream; ``model`` is the
-        GPT graphdef (or module); tuples are pooled over batches until >= ``M`` distinct."""
-        from lm.vocab_growth import grow_params, make_nll_fn
-
-        nll_fn = nll_fn or make_nll_fn(model)
+        ``batches`` yields int windows ``[B, T+1]`` of this tokenizer's stream; ``nll_fn(params,
+        inputs_BxT, targets_BxT) -> nll_BxT`` is the model side (``lm.vocab_growth.make_nll_fn``);
+        tuples are pooled over batches until >= ``M`` distinct. ``right_ids`` says which row each
+        new id copies; ``lm.vocab_growth.expand`` grows the parameters from it."""
         special_V, pool, n_batches = self.is_special_V(), {}, 0
         for w_BxT1 in batches:
             w_BxT1 = np.asarray(w_BxT1)
@@ -210,21 +211,18 @@ class CurriculumTokenizer:
                 break
         chosen = select_tuples(pool, M, seed)
         tok, new_ids, right_ids, reused = self.add_groups(chosen)
-        params2 = grow_params(params, right_ids)
         report = {"stage": tok.stage, "batches": n_batches, "candidates": len(pool),
                   "selected": len(chosen), "added": len(new_ids), "reused": reused,
                   "vocab_size": tok.vocab_size, "mean_token_len": tok.mean_token_len()}
-        return tok, params2, report
+        return tok, right_ids, report
 
-    def truncate(self, size: int, params=None):
-        """LIFO scale-down to ``size`` ids: ``(tok2, params2)`` (``params2`` None without
-        ``params``). Truncating right after an expansion restores the earlier state exactly."""
-        from lm.vocab_growth import truncate_params
-
+    def truncate(self, size: int) -> CurriculumTokenizer:
+        """LIFO scale-down to ``size`` ids (``lm.vocab_growth.truncate`` also cuts the params).
+        Truncating right after an expansion restores the earlier tokenizer exactly."""
         tok = self.copy()
         tok.trie.truncate(size)
         tok.stage_V = tok.stage_V[:size]
-        return tok, (None if params is None else truncate_params(params, size))
+        return tok
 
     def mean_token_len(self) -> float:
         """Mean characters per non-special token of the vocabulary."""

@@ -1,0 +1,104 @@
+"""Config -> training state: the builder every loop in the library and every experiment uses.
+
+    setup = build(cfg)            # mesh, graphdef, sharded train state, optimizer, jitted steps
+
+``build`` goes mesh -> abstract sharded init (``lm.sharding.init_params``) -> optimizer -> train
+state with its shardings -> jitted train and eval steps for the configured loss. ``validate`` holds
+the config checks that need the device count (one ``ConfigError``, never a traceback from inside
+JAX). ``sample_text`` continues a prompt with the run's byte tokenizer (end-of-run samples).
+The runner (``experiments.base.train``), ``rl.loop`` and ``lm.probe`` import from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from lm.config import Config
+from lm.sharding import ConfigError
+
+
+def validate(cfg: Config, n_devices: int):
+    """Config checks that need the device count; raises ConfigError."""
+    from lm import data as data_lib
+    from lm.losses import get_loss
+    d, f, t = cfg.mesh.shape(n_devices)
+    dp, tr = d * f, cfg.train
+    if tr.batch_size % tr.microbatches:
+        raise ConfigError(f"train.batch_size={tr.batch_size} is not divisible by "
+                          f"train.microbatches={tr.microbatches}")
+    if (tr.batch_size // tr.microbatches) % dp:
+        raise ConfigError(f"train.batch_size={tr.batch_size} (per microbatch "
+                          f"{tr.batch_size // tr.microbatches}) is not divisible by the data axes "
+                          f"data*fsdp={dp}; use a multiple of {dp * tr.microbatches}")
+    if tr.seq_len > cfg.model.max_len:
+        raise ConfigError(f"train.seq_len={tr.seq_len} exceeds the model context "
+                          f"model.max_len={cfg.model.max_len}; allowed: 1..{cfg.model.max_len}")
+    if tr.seq_len < 1 or tr.steps < 1 or tr.batch_size < 1:
+        raise ConfigError("train.seq_len, train.steps and train.batch_size must be >= 1")
+    get_loss(tr.loss)
+    data_lib.validate(cfg.data)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a loop needs, built once from a config (also handy in notebooks)."""
+
+    cfg: Config
+    mesh: object
+    graphdef: object
+    state: dict
+    state_sharding: dict
+    tx: object
+    lr_fn: Callable
+    train_step: Callable
+    eval_step: Callable
+
+
+def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
+    import jax
+    from flax import nnx
+
+    from lm import sharding as sh
+    from lm.losses import get_loss
+    from lm.model import GPT
+    from lm.optim import make_optimizer
+    from lm.train import init_state, make_eval_step, make_train_step, state_shardings
+
+    mesh = mesh or sh.make_mesh(cfg.mesh)
+    loss_fn = loss_fn or get_loss(cfg.train.loss)
+    if loss_state is None and hasattr(loss_fn, "init_state"):  # stateful losses (lm.ib)
+        loss_state = loss_fn.init_state(cfg)
+    seed = cfg.train.seed
+    graphdef, params, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)), mesh)
+    tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
+    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, loss_state), params)
+    s_shard = state_shardings(shapes, p_shard, mesh)
+    state = jax.jit(lambda p: init_state(p, tx, seed, loss_state), out_shardings=s_shard)(params)
+    step = make_train_step(loss_fn, tx, model=graphdef, cfg=cfg, mesh=mesh,
+                           state_sharding=s_shard, microbatches=cfg.train.microbatches,
+                           lr_fn=lr_fn)
+    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg, mesh=mesh)
+    return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
+
+
+def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0) -> str:
+    """Greedy-free (temperature 0.8, top-k 40) continuation of ``prompt`` with the KV cache."""
+    import jax
+    import numpy as np
+
+    from lm.sample import SampleCfg, generate
+    from tokenization.bytes import ByteTokenizer
+
+    tok = ByteTokenizer()
+    ids = tok.encode(prompt)
+    max_len = setup.cfg.model.max_len
+    n_tokens = min(n_tokens, max_len - len(ids))
+    if n_tokens <= 0:
+        return prompt
+    out = generate(setup.graphdef, jax.device_get(params), ids[None].astype(np.int32),
+                   np.array([len(ids)], np.int32),
+                   SampleCfg(max_new_tokens=n_tokens, temperature=0.8, top_k=40,
+                             eos_id=None), jax.random.key(seed))
+    new = np.asarray(out["tokens_BxT"][0])[: int(out["lengths_B"][0])]
+    return prompt + tok.decode(new)
