@@ -241,7 +241,7 @@ def plot(res: dict, path: str) -> str:
                               strict=True):
         for i, r in enumerate(res.values()):
             ax.scatter(np.full(len(r[key]), i), r[key], alpha=0.6)
-            ax.errorbar(i + 0.15, r[key].mean(), yerr=r[key].std(), fmt="ks", ms=4)
+            ax.errorbar(i + 0.15, r[key].mean(), yerr=r[key].std(ddof=1), fmt="ks", ms=4)
         ax.set_xticks(range(len(res)), list(res))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)

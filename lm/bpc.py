@@ -83,7 +83,8 @@ def bpc_batch_mean(nll_NxL, targets_NxL, len_V, batch_size: int) -> float:
 
 
 def token_length_curve(nll_N, inputs_N, targets_N, len_V, *, by: str = "target") -> dict:
-    """Per character length: mean and std over token types of the per-type mean BPC.
+    """Per character length: mean and sample std (``ddof=1``; 0.0 for a single type, where it is
+    undefined) over token types of the per-type mean BPC.
 
     Returns ``{length: (mean, std, n_types)}``; tokens of length 0 (specials) are skipped."""
     if by not in ("target", "input"):
@@ -100,5 +101,7 @@ def token_length_curve(nll_N, inputs_N, targets_N, len_V, *, by: str = "target")
     out = {}
     for length in np.unique(len_V[cnt_V > 0]):
         sel = (cnt_V > 0) & (len_V == length)
-        out[int(length)] = (float(mean_V[sel].mean()), float(mean_V[sel].std()), int(sel.sum()))
+        n = int(sel.sum())
+        sd = float(mean_V[sel].std(ddof=1)) if n > 1 else 0.0
+        out[int(length)] = (float(mean_V[sel].mean()), sd, n)
     return out

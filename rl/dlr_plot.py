@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lm.stats import fmt_interval, paired_t
+
 
 def _acc(recs, mode):
     rows = [r["correct"][mode] for r in recs if mode in r["correct"]]
@@ -19,9 +21,9 @@ def table(results: list[dict], bootstrap_ci) -> dict:
     """Per (task, method): accuracy per seed, mean, 95% CI, the ablations, delta vs SFT."""
     out, lines = {"rows": []}, []
     lines.append("| task | method | seeds | exact match (routed) | per seed | 95% CI | "
-                 "scale->0 | random codes | vs SFT (pp, 95% CI) | MI(code;carry) | "
-                 "MI(code;op) | codes used | digit acc |")
-    lines.append("|" + "---|" * 13)
+                 "scale->0 | random codes | vs SFT (pp, 95% CI) | vs SFT (pp, seed-level t 95%) | "
+                 "MI(code;carry) | MI(code;op) | codes used | digit acc |")
+    lines.append("|" + "---|" * 14)
     for task in dict.fromkeys(r["task"] for r in results):
         sft = _acc([r for r in results if r["task"] == task and r["method"] == "sft"], "off")
         for method in dict.fromkeys(r["method"] for r in results if r["task"] == task):
@@ -38,17 +40,21 @@ def table(results: list[dict], bootstrap_ci) -> dict:
                 d = acc - sft  # paired: same test examples, same seeds
                 dm, dlo, dhi = bootstrap_ci(d)
                 row["delta_pp"] = [100 * dm, 100 * dlo, 100 * dhi]
+                if len(recs) > 1:  # t over the per-seed paired differences
+                    row["delta_pp_seed_t"] = [100 * v for v in paired_t(acc.mean(1),
+                                                                        sft.mean(1))]
             for k in ("mi_carry", "mi_op", "codes_used", f"digit_{main_mode}"):
                 vals = [r[k] for r in recs if k in r]
                 row[k] = float(np.mean(vals)) if vals else None
             out["rows"].append(row)
             f = lambda v, fmt="{:.3f}": "–" if v is None else fmt.format(v)
-            delta = row.get("delta_pp")
+            delta, dseed = row.get("delta_pp"), row.get("delta_pp_seed_t")
             lines.append(
                 f"| {task} | {method} | {len(recs)} | {mean:.3f} | "
                 f"{', '.join(f'{x:.3f}' for x in row['per_seed'])} | [{lo:.3f}, {hi:.3f}] | "
                 f"{f(row['acc_off'])} | {f(row['acc_random'])} | "
                 + ("–" if delta is None else f"{delta[0]:+.1f} [{delta[1]:+.1f}, {delta[2]:+.1f}]")
+                + " | " + ("–" if dseed is None else fmt_interval(*dseed))
                 + f" | {f(row['mi_carry'])} | {f(row['mi_op'])} | "
                 f"{f(row['codes_used'], '{:.1f}')} | {f(row[f'digit_{main_mode}'])} |")
     out["markdown"] = "\n".join(lines) + "\n"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lm.stats import bootstrap_ci  # noqa: F401  (moved to lm.stats; kept importable here)
+
 DIGITS, PLUS, MINUS, HIDDEN, EQ = 10, 10, 11, 12, 13
 VOCAB = 16  # 14 used, padded
 N_DIG, ANS = 6, 7
@@ -101,14 +103,3 @@ def entropy_bits(y: np.ndarray) -> float:
     _, counts = np.unique(np.ravel(y), return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
-
-
-def bootstrap_ci(correct_SxN: np.ndarray, n_boot: int = 1000, seed: int = 0):
-    """Mean over seeds of exact-match accuracy and its 95% bootstrap CI over test examples
-    (the same resampled examples for every seed). ``correct_SxN``: [seeds, examples] 0/1."""
-    rng = np.random.default_rng(seed)
-    n = correct_SxN.shape[1]
-    idx = rng.integers(0, n, (n_boot, n))
-    boots = correct_SxN[:, idx].mean(axis=(0, 2))
-    return float(correct_SxN.mean()), float(np.percentile(boots, 2.5)), float(
-        np.percentile(boots, 97.5))

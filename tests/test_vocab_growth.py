@@ -142,6 +142,8 @@ def test_token_length_curve_hand_case():
     assert c == {1: (2.0, 0.0, 2), 2: (2.0, 0.0, 1), 3: (1.0, 0.0, 1)}
     c_in = token_length_curve(nll, np.array([2, 2, 2, 2, 2, 2]), targets, len_V, by="input")
     assert list(c_in) == [2] and c_in[2][2] == 1
+    c2 = token_length_curve(np.array([1.0, 3.0]) * math.log(2), None, np.array([0, 1]), len_V)
+    assert c2 == {1: (2.0, math.sqrt(2.0), 2)}  # sample std (ddof=1) over the two types
 
 
 
