@@ -237,7 +237,9 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
                          {"seed": seed, "arm": arm, "steps": r["iteration"] * g.sft_steps,
                           **r}))
     sail.write_jsonl_atomic(os.path.join(workdir, "results.jsonl"), rows)
-    write_report(workdir, cfg, rows, argv, time.time() - t0)
+    write_report(workdir, cfg, rows, argv, time.time() - t0,
+                 teacher=type(teacher).__name__ if isinstance(teacher, RuleTeacher)
+                 else f"endpoint {g.teacher.base_url}")
     print(f"wrote {workdir}/README.md, results.jsonl, plot.png ({time.time() - t0:.0f} s)")
     return rows
 
