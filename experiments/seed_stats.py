@@ -108,11 +108,26 @@ def dlr_seed_t(folder: str) -> dict[tuple[str, str], dict]:
     return out
 
 
+def dlr_ablations(folder: str) -> dict[str, dict]:
+    """The C=8 arm's code ablations against its routed accuracy, paired per seed (points)."""
+    ev = [x for x in _read("dlr_arithmetic", folder, "raw.jsonl")
+          if x.get("phase") == "eval" and x["method"] == "dlr"]
+    out = {}
+    for task in dict.fromkeys(x["task"] for x in ev):
+        acc = {m: {x["seed"]: x[f"acc_{m}"] for x in ev if x["task"] == task}
+               for m in ("route", "off", "random")}
+        for m in ("off", "random"):
+            out[f"{task} dlr {m} - routed"] = compare(acc[m], acc["route"], rel=False,
+                                                      scale=100.0)
+    return out
+
+
 def dlr_arithmetic() -> str:
     parts = []
     for folder in ("hidden_long", "tiny", "addsub_mid", "addsub_9k"):
         rows = [line(f"{folder} {t} {m} vs sft (pp)", c, unit="")
                 for (t, m), c in dlr_seed_t(folder).items()]
+        rows += [line(f"{folder} {k} (pp)", c, unit="") for k, c in dlr_ablations(folder).items()]
         parts.append("\n".join([HEAD, *rows]))
     return "\n\n".join(parts)
 

@@ -21,7 +21,8 @@ def table(results: list[dict], bootstrap_ci) -> dict:
     """Per (task, method): accuracy per seed, mean, 95% CI, the ablations, delta vs SFT."""
     out, lines = {"rows": []}, []
     lines.append("| task | method | seeds | exact match (routed) | per seed | 95% CI | "
-                 "scale->0 | random codes | vs SFT (pp, 95% CI) | vs SFT (pp, seed-level t 95%) | "
+                 "scale->0 | random codes | vs SFT (pp, 95% CI over examples) | "
+                 "vs SFT (pp, seed-level t 95%) | "
                  "MI(code;carry) | MI(code;op) | codes used | digit acc |")
     lines.append("|" + "---|" * 14)
     for task in dict.fromkeys(r["task"] for r in results):
