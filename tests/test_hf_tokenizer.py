@@ -165,6 +165,56 @@ def test_specials_vocab_and_eos_ids(made):
     assert llama.encode("hi")[0] == llama.bos_id and llama.encode("hi", False)[0] != llama.bos_id
 
 
+def _edited(src, dst, config=None, special_map=None):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    (dst / "tokenizer_config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    if special_map is not None:
+        (dst / "special_tokens_map.json").write_text(json.dumps(special_map))
+    return dst
+
+
+def test_special_token_resolution_like_transformers(made, tmp_path):
+    """special_tokens_map.json overrides only without added_tokens_decoder (the legacy path);
+    AddedToken dicts; config tokens missing from tokenizer.json become added tokens."""
+    from transformers import AutoTokenizer
+    src, _, _ = made["llama3"]
+    added = {"content": "[NEW]", "lstrip": False, "normalized": False, "rstrip": False,
+             "single_word": False, "special": False}
+    pad = {"content": "<|python_tag|>", "lstrip": False, "normalized": False, "rstrip": False,
+           "single_word": False}
+    smap = {"eos_token": "<|end_of_text|>", "pad_token": pad, "additional_special_tokens": ["[X]"]}
+    dirs = [
+        _edited(src, tmp_path / "legacy", special_map=smap),
+        _edited(src, tmp_path / "decoder", special_map=smap, config={
+            "eos_token": {"__type": "AddedToken", **pad, "content": "<|eom_id|>"},
+            "added_tokens_decoder": {"9999": added}, "additional_special_tokens": ["<tag>"]}),
+        _edited(src, tmp_path / "split", config={"split_special_tokens": True}),
+    ]
+    padded = Tokenizer.from_file(str(dirs[2] / "tokenizer.json"))  # padding/truncation in the file
+    padded.enable_padding(pad_id=6, pad_token="<|python_tag|>", length=40)
+    padded.enable_truncation(max_length=5)
+    padded.save(str(dirs[2] / "tokenizer.json"))
+    text = "a [NEW] b [X]<tag> <|end_of_text|><|eom_id|><|python_tag|> c"
+    for d in dirs:
+        ours, theirs = HFTokenizer.load(d), AutoTokenizer.from_pretrained(d)
+        assert (ours.eos_id, ours.pad_id, ours.vocab_size) == (
+            theirs.eos_token_id, theirs.pad_token_id, len(theirs)), d.name
+        ids = ours.encode(text)
+        assert ids.tolist() == theirs.encode(text), d.name
+        assert ours.decode(ids, skip_special_tokens=True) == theirs.decode(
+            ids.tolist(), skip_special_tokens=True), d.name
+    legacy, decoder, split = (HFTokenizer.load(d) for d in dirs)
+    assert legacy.eos_id == legacy.token_to_id("<|end_of_text|>") and legacy.pad_id is not None
+    assert len(legacy.encode("[X]", add_special_tokens=False)) == 1  # registered from the map
+    assert decoder.eos_id == decoder.token_to_id("<|eom_id|>")  # the map is ignored here
+    assert len(decoder.encode("[NEW]", add_special_tokens=False)) == 1
+    assert len(split.encode("<|eot_id|>", add_special_tokens=False)) > 1
+    assert split.pad_id == 6 and len(split.encode(text)) > 5
+    rows = split.encode_batch(["a", text])
+    assert [len(r) for r in rows] == [len(split.encode("a")), len(split.encode(text))]
+
+
 def test_batch_and_padded(made):
     _, ours, theirs = made["spm_gemma"]
     texts = ["hello world", "", "中文 😀 and a much longer line of text <eos> here"]
@@ -233,6 +283,30 @@ def test_chat_template_tools_dates_and_continue(made):
     assert got == want and got.endswith("The answer is")
 
 
+CUSTOM_TEMPLATES = [  # block whitespace (trim/lstrip), the message dicts the template sees, helpers
+    "{% for m in messages %}\n    {% if m.role == 'user' %}\n  <u>{{ m.content }}\n    {% else %}\n"
+    "<a>{{ m.content }}\n    {% endif %}\n{% endfor %}\n{% if add_generation_prompt %}\n<a>\n"
+    "{% endif %}",
+    "{% for m in messages %}{{ m | tojson }}|{% endfor %}{{ pair }}{{ flags | tojson }}",
+    "{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 2 %}{% break %}"
+    "{% endif %}{% set ns.n = ns.n + m.content | length %}{% endfor %}{{ ns.n }} {{ eos_token }}"
+    "{{ dict(a=1) | tojson }}{{ strftime_now('%Y') }}",
+]
+
+
+@pytest.mark.parametrize("template", CUSTOM_TEMPLATES)
+def test_custom_templates_equal_transformers(made, template):
+    _, ours, theirs = made["gpt2_qwen"]
+    msgs = [{"role": "user", "content": "hi", "name": None},
+            {"role": "assistant", "content": "yo", "reasoning": "think first"},
+            {"role": "user", "content": "bye"}]
+    kw = {"pair": (1, "a"), "flags": [np.int64(3), np.bool_(False)]}
+    for gen in (True, False):
+        want = theirs.apply_chat_template(msgs, chat_template=template, tokenize=False,
+                                          add_generation_prompt=gen, **kw)
+        assert ours.apply_chat_template(msgs, gen, chat_template=template, **kw) == want
+
+
 def test_template_sources_and_save_round_trip(made, tmp_path):
     from transformers import AutoTokenizer
     src, ours, _ = made["gpt2_qwen"]
@@ -250,6 +324,10 @@ def test_template_sources_and_save_round_trip(made, tmp_path):
         for m in (CHATS["multi"], CHATS["system"]):
             assert HFTokenizer.load(d).apply_chat_template(m, **kw) == theirs.apply_chat_template(
                 m, tokenize=False, add_generation_prompt=True, **kw)
+    both = _edited(src, tmp_path / "both", config={"chat_template": "{{ 'config' }}"})
+    got = HFTokenizer.load(both).apply_chat_template(CHATS["user"], False)
+    want = AutoTokenizer.from_pretrained(both).apply_chat_template(CHATS["user"], tokenize=False)
+    assert got == want == ours.apply_chat_template(CHATS["user"], False)  # the .jinja file wins
     out = tmp_path / "saved"
     names = ours.save(out)
     assert "tokenizer.json" in names and "chat_template.jinja" in names

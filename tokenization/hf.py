@@ -21,7 +21,8 @@ Transformers (5.x) behaviours reproduced:
   block of ``tokenizer.json``; every named and extra (``extra_special_tokens`` /
   ``additional_special_tokens``) special token, and every ``added_tokens_decoder`` entry, is
   registered as an added token so its literal text in the input encodes to its one id;
-  ``split_special_tokens`` is honoured;
+  ``split_special_tokens`` is honoured; the file's padding/truncation blocks are not applied
+  (transformers switches them off for a call that asks for neither);
 - ``add_bos_token``/``add_eos_token`` are ignored when ``tokenizer.json`` exists (its post-processor
   decides); ``clean_up_tokenization_spaces`` is applied on decode only for non-BPE models;
 - chat templates: ``chat_template.jinja`` and ``additional_chat_templates/*.jinja`` take priority
@@ -148,6 +149,9 @@ class HFTokenizer:
             config.update(_read_json(d / SPECIAL_MAP_FILE) or {})
         if config.get("pad_token") is None and backend.padding is not None:
             config["pad_token"] = backend.padding["pad_token"]
+        # transformers encodes without the file's padding/truncation unless a call asks for them
+        backend.no_padding()
+        backend.no_truncation()
         cls._register_specials(backend, config)
         backend.encode_special_tokens = bool(config.get("split_special_tokens", False))
         gen = _read_json(d / GENERATION_FILE)
