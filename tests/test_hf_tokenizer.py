@@ -215,6 +215,29 @@ def test_special_token_resolution_like_transformers(made, tmp_path):
     assert [len(r) for r in rows] == [len(split.encode("a")), len(split.encode(text))]
 
 
+def test_unigram_decode_cleanup_like_transformers(tmp_path):
+    """A Metaspace/Unigram (T5/ALBERT-style) tokenizer with clean_up_tokenization_spaces: the
+    cleanup applies to non-BPE models only (as transformers)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    words = ["▁Hello", "▁world", "▁don", "▁we", "'re", "'t", "n't", "▁", "▁,", "▁!", "▁?", "▁'"]
+    chars = sorted(set("".join(WORDS) + "Hello,world!don'twe're?é😀"))
+    vocab = [("<unk>", 0.0), ("</s>", 0.0)] + [(w, -2.0) for w in words] + [
+        (c, -5.0) for c in chars if c not in words]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=0))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.add_special_tokens(["</s>"])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>",
+                            clean_up_tokenization_spaces=True).save_pretrained(tmp_path)
+    ours, theirs = HFTokenizer.load(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.clean_up_spaces and ours.unk_id == theirs.unk_token_id
+    for text in ["Hello , world ! don 't we 're ?", "café 😀 , x</s>"]:
+        ids = ours.encode(text)
+        assert ids.tolist() == theirs.encode(text)
+        assert ours.decode(ids) == theirs.decode(ids.tolist())
+    assert ours.decode(ours.encode("Hello , world ! we 're")) == "Hello, world! we're"
+
+
 def test_batch_and_padded(made):
     _, ours, theirs = made["spm_gemma"]
     texts = ["hello world", "", "中文 😀 and a much longer line of text <eos> here"]
