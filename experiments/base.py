@@ -34,12 +34,18 @@ EXIT_CONFIG, EXIT_NONFINITE = 2, 3
 def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
     """Create ``workdir`` or decide to resume it. Returns True when resuming.
 
-    An existing run dir whose config differs is refused unless ``run.overwrite=true``."""
+    An existing run dir whose config differs is refused unless ``run.overwrite=true``
+    (``run.allow_dirty`` is a recording policy, not part of the run: it is not compared). A
+    ``workdir`` inside the repository's ``results/`` is refused from a dirty git tree before
+    anything is written (``lm.metrics.check_clean``)."""
+    from lm.metrics import check_clean
+    check_clean(workdir, getattr(cfg.run, "allow_dirty", False))
     path = os.path.join(workdir, "config.json")
     new = json.loads(json.dumps(to_dict(cfg)))
     if os.path.exists(path):
         with open(path) as fh:
             old = json.load(fh)
+        old.setdefault("run", {})["allow_dirty"] = new.get("run", {}).get("allow_dirty", False)
         if old == new:
             return True
         if not cfg.run.overwrite:
@@ -108,7 +114,8 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
     elif is_main and os.path.exists(metrics_path):
         os.remove(metrics_path)
     if is_main:
-        M.write_provenance(workdir, argv=argv, name="provenance.json")
+        M.write_provenance(workdir, argv=argv, name="provenance.json",
+                           allow_dirty=cfg.run.allow_dirty)
     writer = M.MetricsWriter(workdir, enabled=is_main)
     start = int(jax.device_get(state["step"]))
     tokens_per_step = tr.batch_size * tr.seq_len

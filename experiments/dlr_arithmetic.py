@@ -215,7 +215,7 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
         from lm.sharding import ConfigError
         raise ConfigError(f"--workdir {workdir} already holds this experiment (it does not "
                           "resume); choose another --workdir or pass --set run.overwrite=true")
-    M.write_provenance(workdir, argv=argv)
+    M.write_provenance(workdir, argv=argv, allow_dirty=cfg.run.allow_dirty)
     raw = open(os.path.join(workdir, "raw.jsonl"), "w")
 
     def logger(**tags):

@@ -171,6 +171,6 @@ def readme(name: str, argv, seconds: float, rows: list[dict], teacher: str = "Ru
 def write_report(workdir: str, cfg, rows: list[dict], argv, seconds: float, teacher: str):
     from lm.metrics import write_atomic, write_provenance
     plot(workdir, aggregate(rows))
-    write_provenance(workdir, argv=argv)
+    write_provenance(workdir, argv=argv, allow_dirty=cfg.run.allow_dirty)
     write_atomic(os.path.join(workdir, "README.md"),
                  readme(cfg.run.name, argv, seconds, rows, teacher))

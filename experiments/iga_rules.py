@@ -176,7 +176,8 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
     check_config(cfg)
     g = cfg.iga
     prepare_run_dir(workdir, cfg)
-    M.write_provenance(workdir, argv=argv, name="provenance.json", openai=_ver("openai"))
+    M.write_provenance(workdir, argv=argv, name="provenance.json", openai=_ver("openai"),
+                       allow_dirty=cfg.run.allow_dirty)
     world, tok = World(g.scenarios), make_tokenizer(cfg)
     train, test = split_queries(world, g.max_train)
     rule = lambda q: world.scenarios[q.scenario].rule

@@ -279,7 +279,8 @@ def run(cfg: VocabConfig, workdir: str, argv=None) -> dict:
     validate(cfg, jax.device_count())
     prepare_run_dir(workdir, cfg)
     mesh = sh.make_mesh(cfg.mesh)
-    M.write_provenance(workdir, argv=argv, numba=_ver("numba"), tokenizers=_ver("tokenizers"))
+    M.write_provenance(workdir, argv=argv, numba=_ver("numba"), tokenizers=_ver("tokenizers"),
+                       allow_dirty=cfg.run.allow_dirty)
     if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         os.remove(os.path.join(workdir, "metrics.jsonl"))
     text = load_text(cfg)

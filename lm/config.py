@@ -31,6 +31,9 @@ class RunCfg:
     max_to_keep: int = 3
     dry_run_devices: int = 0  # devices of the target mesh for --dry-run (0 = product of mesh)
     dry_run_platform: str = ""  # lowering platform for --dry-run ("tpu", "cuda", "cpu"; "" = cpu)
+    # record into the repo's results/ from a git tree with uncommitted changes (the provenance
+    # then carries the sha256 of `git diff HEAD`); see lm.metrics.check_clean
+    allow_dirty: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -79,16 +80,64 @@ def write_atomic(path: str, text: str) -> str:
     return path
 
 
-def git_commit() -> str:
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _git(repo: str, *args: str, text: bool = True):
+    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=text, timeout=10)
+
+
+def git_commit(repo: str = HERE) -> str:
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+        out = _git(repo, "rev-parse", "HEAD")
+        dirty = _git(repo, "status", "--porcelain").stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def git_state(repo: str = HERE) -> dict | None:
+    """``{"root", "commit", "dirty", "changed", "diff_sha256"}`` of the git tree holding ``repo``
+    (None outside git). ``changed`` = tracked changes and untracked files *outside* ``results/``
+    (the code and configs a run depends on; ``results/`` holds data, and a results folder being
+    written is itself untracked); ``dirty`` = ``bool(changed)``; ``diff_sha256`` = sha256 of the
+    bytes of ``git diff HEAD`` (None when that diff is empty)."""
+    try:
+        top = _git(repo, "rev-parse", "--show-toplevel")
+        if top.returncode != 0:
+            return None
+        root = top.stdout.strip()
+        status = _git(root, "status", "--porcelain", "--", ".", ":(exclude)results").stdout
+        diff = _git(root, "diff", "HEAD", text=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"root": root, "commit": _git(root, "rev-parse", "HEAD").stdout.strip(),
+            "dirty": bool(changed), "changed": changed,
+            "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None}
+
+
+def check_clean(out: str, allow_dirty: bool = False, repo: str = HERE) -> dict | None:
+    """Refuse (``ConfigError``) to record results into the repository's own ``results/`` folder
+    from a tree with uncommitted code changes, unless ``allow_dirty`` (``run.allow_dirty=true``).
+
+    Only destinations inside ``<repo root>/results/`` are checked: those folders are committed
+    as the project's recorded claims and must name a commit that reproduces them. Run
+    directories elsewhere (``runs/``, the test suite's temporary folders) are never refused, so
+    tests and day-to-day runs on a dirty development tree keep working; their provenance still
+    records ``-dirty`` and the diff's hash. Returns ``git_state`` (None outside git)."""
+    from lm.sharding import ConfigError
+    st = git_state(repo)
+    if st is None or allow_dirty or not st["dirty"]:
+        return st
+    results = os.path.join(os.path.realpath(st["root"]), "results")
+    dest = os.path.realpath(out)
+    if dest == results or dest.startswith(results + os.sep):
+        shown = ", ".join(st["changed"][:5]) + (" ..." if len(st["changed"]) > 5 else "")
+        raise ConfigError(f"refusing to record results in {out}: the git tree has uncommitted "
+                          f"changes ({shown}); commit them first, or pass --set "
+                          "run.allow_dirty=true to record the diff's sha256 instead")
+    return st
 
 
 def versions() -> dict:
@@ -119,13 +168,24 @@ def write_json(path: str, obj) -> str:
 
 
 def write_provenance(out: str, cfg=None, argv=None, name: str = "versions.json",
-                     **extra) -> None:
+                     allow_dirty: bool | None = None, repo: str = HERE, **extra) -> None:
     """The record every result folder carries: ``config.json`` (when ``cfg`` is given) and
-    ``name`` = command, git commit, package versions and devices (``provenance``) + ``extra``."""
+    ``name`` = command, git commit, package versions and devices (``provenance``) + ``extra``,
+    plus ``git_dirty`` and ``git_diff_sha256`` (sha256 of ``git diff HEAD``, when non-empty).
+
+    Into the repository's ``results/`` it writes only from a clean tree (``check_clean``;
+    nothing is written when it refuses); ``allow_dirty`` defaults to ``cfg.run.allow_dirty``
+    when ``cfg`` has one, else False."""
+    if allow_dirty is None:
+        allow_dirty = bool(getattr(getattr(cfg, "run", None), "allow_dirty", False))
+    st = check_clean(out, allow_dirty, repo)
     os.makedirs(out, exist_ok=True)
     if cfg is not None:
         write_json(os.path.join(out, "config.json"), to_jsonable(cfg))
     prov = provenance(argv)
+    prov["git_commit"] = git_commit(repo)
+    prov["git_dirty"] = None if st is None else st["dirty"]
+    prov["git_diff_sha256"] = None if st is None else st["diff_sha256"]
     prov["versions"].update(extra)
     write_json(os.path.join(out, name), prov)
 
