@@ -188,16 +188,20 @@ def test_special_token_resolution_like_transformers(made, tmp_path):
         _edited(src, tmp_path / "legacy", special_map=smap),
         _edited(src, tmp_path / "decoder", special_map=smap, config={
             "eos_token": {"__type": "AddedToken", **pad, "content": "<|eom_id|>"},
-            "added_tokens_decoder": {"9999": added}, "additional_special_tokens": ["<tag>"]}),
+            "added_tokens_decoder": {"9999": added}, "additional_special_tokens": ["<tag>"],
+            "image_token": "<img>"}),
         _edited(src, tmp_path / "split", config={"split_special_tokens": True}),
     ]
     padded = Tokenizer.from_file(str(dirs[2] / "tokenizer.json"))  # padding/truncation in the file
     padded.enable_padding(pad_id=6, pad_token="<|python_tag|>", length=40)
     padded.enable_truncation(max_length=5)
     padded.save(str(dirs[2] / "tokenizer.json"))
-    text = "a [NEW] b [X]<tag> <|end_of_text|><|eom_id|><|python_tag|> c"
+    text = "a [NEW] b [X]<tag> <|end_of_text|><|eom_id|><|python_tag|> c<img>"
+    template = "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ image_token }}"
     for d in dirs:
         ours, theirs = HFTokenizer.load(d), AutoTokenizer.from_pretrained(d)
+        assert ours.apply_chat_template(CHATS["user"], chat_template=template) == (
+            theirs.apply_chat_template(CHATS["user"], chat_template=template, tokenize=False))
         assert (ours.eos_id, ours.pad_id, ours.vocab_size) == (
             theirs.eos_token_id, theirs.pad_token_id, len(theirs)), d.name
         ids = ours.encode(text)
@@ -209,6 +213,7 @@ def test_special_token_resolution_like_transformers(made, tmp_path):
     assert len(legacy.encode("[X]", add_special_tokens=False)) == 1  # registered from the map
     assert decoder.eos_id == decoder.token_to_id("<|eom_id|>")  # the map is ignored here
     assert len(decoder.encode("[NEW]", add_special_tokens=False)) == 1
+    assert decoder.special_tokens["image_token"] == "<img>" and decoder.token_to_id("<img>")
     assert len(split.encode("<|eot_id|>", add_special_tokens=False)) > 1
     assert split.pad_id == 6 and len(split.encode(text)) > 5
     rows = split.encode_batch(["a", text])

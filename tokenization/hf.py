@@ -15,8 +15,9 @@ test oracle, never imported here):
 - ``save(out_dir)``: the tokenizer files copied byte for byte, each written atomically.
 
 Transformers (5.x) behaviours reproduced:
-- special tokens: the ``*_token`` keys of ``tokenizer_config.json`` (strings or serialized
-  ``AddedToken`` dicts); ``special_tokens_map.json`` overrides them only when the config has no
+- special tokens: bos/eos/unk/sep/pad/cls/mask and any model-specific ``*_token`` key of
+  ``tokenizer_config.json`` (strings or serialized ``AddedToken`` dicts; all of them are
+  chat-template variables); ``special_tokens_map.json`` overrides them only when the config has no
   ``added_tokens_decoder`` (transformers' legacy path); ``pad_token`` falls back to the padding
   block of ``tokenizer.json``; every named and extra (``extra_special_tokens`` /
   ``additional_special_tokens``) special token, and every ``added_tokens_decoder`` entry, is
@@ -89,6 +90,19 @@ def _added_token(d: dict, special: bool):
                       normalized=d.get("normalized", not special), special=special)
 
 
+def _named_specials(config: dict) -> dict:
+    """name -> token of transformers' named special tokens: the standard attributes, then the
+    model-specific ones (any other ``*_token`` key holding a token, or a dict-valued
+    ``extra_special_tokens``), which also become chat-template variables."""
+    named = {a: config[a] for a in SPECIAL_ATTRS if _content(config.get(a)) is not None}
+    named.update({k: v for k, v in config.items() if k.endswith("_token") and k not in named
+                  and k not in SPECIAL_ATTRS and _content(v) is not None})
+    if isinstance(config.get("extra_special_tokens"), dict):
+        named.update({k: v for k, v in config["extra_special_tokens"].items()
+                      if _content(v) is not None})
+    return named
+
+
 def _eos_from(cfg: dict | None) -> list[int]:
     eos = (cfg or {}).get("eos_token_id")
     if eos is None:
@@ -115,8 +129,7 @@ class HFTokenizer:
                  eos_ids: frozenset[int]):
         self.directory, self.backend, self.config = directory, backend, config
         self.chat_templates = chat_templates
-        self.special_tokens = {a: _content(config.get(a)) for a in SPECIAL_ATTRS
-                               if _content(config.get(a)) is not None}
+        self.special_tokens = {k: _content(v) for k, v in _named_specials(config).items()}
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
             self._id_of(self.special_tokens.get(a))
             for a in ("bos_token", "eos_token", "pad_token", "unk_token"))
@@ -174,9 +187,8 @@ class HFTokenizer:
             backend.add_tokens(new)
             have = {str(t.content): t for t in backend.get_added_tokens_decoder().values()}
         extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        if isinstance(extra, dict):
-            extra = list(extra.values())
-        named = [config.get(a) for a in SPECIAL_ATTRS] + list(extra)
+        named = list(_named_specials(config).values()) + ([] if isinstance(extra, dict)
+                                                          else list(extra))
         specials = []
         for tok in named:
             content = _content(tok)
