@@ -27,7 +27,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/record.py  # every bench_*.py -> results/benchmarks/<cpu>.md
+	$(BIN)/python benchmarks/readme_table.py  # README's table from the latest record
 
 lint: $(STAMP)  ## ruff, and the layers contract (tokenization < lm < rl < experiments)
 	$(BIN)/ruff check lm rl tokenization experiments tests benchmarks notebooks

@@ -23,6 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.common import SMOKE, print_machine  # noqa: E402
 from experiments.config import Config  # noqa: E402
 from lm.losses import get_loss  # noqa: E402
 from lm.model import GPT, ModelCfg  # noqa: E402
@@ -50,17 +51,19 @@ def time_steps(step, state, batch, n: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1 if SMOKE else 5)
+    ap.add_argument("--steps", type=int, default=1 if SMOKE else 5)
     ap.add_argument("--n-search", type=int, default=4)
     args = ap.parse_args(argv)
+    print_machine("SFT (xent) train step on the same model")
     L, lstar = 4, 2
+    d, B, S = (32, 2, 16) if SMOKE else (128, 16, 64)
     dl = DLRCfg(layer=lstar, codes=32, chunk=4, alpha=1.0, n_search=args.n_search)
-    cfg = Config(model=ModelCfg(vocab_size=64, d_model=128, n_layers=L, n_heads=4, d_ff=512,
-                                max_len=64, dlr=dl), opt=OptCfg(lr=1e-3))
+    cfg = Config(model=ModelCfg(vocab_size=64, d_model=d, n_layers=L, n_heads=4, d_ff=4 * d,
+                                max_len=S, dlr=dl), opt=OptCfg(lr=1e-3))
     rng = np.random.default_rng(0)
-    toks = rng.integers(0, 64, (16, 65)).astype(np.int32)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "mask": np.ones((16, 64), np.float32)}
+    toks = rng.integers(0, 64, (B, S + 1)).astype(np.int32)
+    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "mask": np.ones((B, S), np.float32)}
     sides = {name: build(cfg, name) for name in ("xent", "dlr")}
     for step, state in sides.values():  # compile + warm up
         time_steps(step, state, batch, 2)
@@ -70,8 +73,8 @@ def main(argv=None):
             times[name].append(time_steps(step, state, batch, args.steps))
     sft, dlr = statistics.median(times["xent"]), statistics.median(times["dlr"])
     target = 2 + args.n_search * (1 - lstar / L)
-    print(f"device: {jax.devices()[0].platform}, model d=128 L={L} l*={lstar} C=32 K=4 "
-          f"N={args.n_search} (+ greedy), batch 16x64")
+    print(f"device: {jax.devices()[0].platform}, model d={d} L={L} l*={lstar} C=32 K=4 "
+          f"N={args.n_search} (+ greedy), batch {B}x{S}")
     print(f"sft step: {1e3 * sft:.1f} ms   dlr step: {1e3 * dlr:.1f} ms   "
           f"target ratio <= 2 + N(1 - l*/L) = {target:.2f}")
     print(f"dlr/sft step_time ratio: {dlr / sft:.2f}")

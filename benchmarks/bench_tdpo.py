@@ -7,20 +7,28 @@ Both compute value and gradient (w.r.t. the unembedding and the policy hidden st
 - naive:   ``rl.preference.token_stats`` on full [B, T, V] logits of both models;
 - chunked: ``rl.preference.chunked_token_stats`` (``lax.map`` over T/chunk rematerialised
            chunks; no [B, T, V] array in forward or backward).
-Peak memory is XLA's compiled ``memory_analysis()`` (temp + arguments + outputs), step time the
-median of repeats after a warm-up, both jitted in one process. Last line:
+Both sides take the reference hidden states, the reference unembedding and the labels as jit
+arguments, as a training step would (closed-over constants would let XLA constant-fold the whole
+reference forward out of the naive side). Peak memory is XLA's compiled ``memory_analysis()``
+(temp + arguments + outputs), step time the median of interleaved repeats after a warm-up, both
+jitted in one process. Baseline: the naive full-logits version. Last line:
 ``tdpo chunked/naive peak_memory ratio: X.XX``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import jax
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rl.preference import chunked_token_stats, token_stats
+import jax  # noqa: E402
+
+from benchmarks.common import SMOKE, print_machine  # noqa: E402
+from rl.preference import chunked_token_stats, token_stats  # noqa: E402
 
 
 def peak_bytes(compiled) -> int:
@@ -30,12 +38,12 @@ def peak_bytes(compiled) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--vocab", type=int, default=32768)
-    ap.add_argument("--d-model", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1 if SMOKE else 2)
+    ap.add_argument("--seq", type=int, default=32 if SMOKE else 512)
+    ap.add_argument("--vocab", type=int, default=512 if SMOKE else 32768)
+    ap.add_argument("--d-model", type=int, default=16 if SMOKE else 64)
+    ap.add_argument("--chunk", type=int, default=8 if SMOKE else 64)
+    ap.add_argument("--repeats", type=int, default=1 if SMOKE else 3)
     a = ap.parse_args()
     k = jax.random.split(jax.random.key(0), 5)
     B, T, D, V = a.batch, a.seq, a.d_model, a.vocab
@@ -45,24 +53,29 @@ def main() -> None:
     hr = jax.random.normal(k[3], (B, T, D))
     lab = jax.random.randint(k[4], (B, T), 0, V)
 
-    def naive(W, h):
+    def naive(W, h, Wr, hr, lab):
         kl, lr, _ = token_stats(h @ W, hr @ Wr, lab)
         return kl.sum() + lr.sum()
 
-    def chunked(W, h):
+    def chunked(W, h, Wr, hr, lab):
         kl, lr, _ = chunked_token_stats(lambda x: x @ W, lambda x: x @ Wr, h, hr, lab, a.chunk)
         return kl.sum() + lr.sum()
 
-    res = {}
-    for name, f in (("naive", naive), ("chunked", chunked)):
-        c = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(W, h).compile()
-        jax.block_until_ready(c(W, h))
-        times = []
-        for _ in range(a.repeats):
+    print_machine("naive token_stats on full [B, T, V] logits (reference passed as arguments)")
+    args = (W, h, Wr, hr, lab)
+    compiled = {name: jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(*args).compile()
+                for name, f in (("naive", naive), ("chunked", chunked))}
+    times = {name: [] for name in compiled}
+    for c in compiled.values():  # warm up
+        jax.block_until_ready(c(*args))
+    for _ in range(a.repeats):  # interleaved so both sides see the same machine load
+        for name, c in compiled.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(c(W, h))
-            times.append(time.perf_counter() - t0)
-        res[name] = (peak_bytes(c), statistics.median(times), float(c(W, h)[0]))
+            jax.block_until_ready(c(*args))
+            times[name].append(time.perf_counter() - t0)
+    res = {}
+    for name, c in compiled.items():
+        res[name] = (peak_bytes(c), statistics.median(times[name]), float(c(*args)[0]))
         print(f"{name:8s} peak {res[name][0] / 2**20:8.1f} MiB  step {res[name][1] * 1e3:8.1f} ms"
               f"  value {res[name][2]:.4f}")
     print(f"B={B} T={T} V={V} D={D} chunk={a.chunk}; backend {jax.default_backend()}")

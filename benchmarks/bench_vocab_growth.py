@@ -20,12 +20,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import SMOKE, print_machine  # noqa: E402
 from experiments.vocab_curriculum import tiny  # noqa: E402
 from lm import sharding as sh  # noqa: E402
 from lm.train import init_state  # noqa: E402
 from lm.vocab_growth import StageTrainer, grow_params, masked_xent, pad_params  # noqa: E402
 
-SIZES, STEPS = (64, 146, 184, 265, 379), 150
+SIZES, STEPS = ((64, 146), 2) if SMOKE else ((64, 146, 184, 265, 379), 150)
 
 
 def batches(V, cfg, mesh, rng):
@@ -43,6 +44,7 @@ def run_steps(step, state, it, n):
 
 
 def main():
+    print_machine("a fresh trainer (recompiled step) per vocabulary stage")
     cfg = tiny()
     mesh = sh.make_mesh(cfg.mesh, jax.devices()[:1])
     with_v = lambda V: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=V))
