@@ -8,6 +8,7 @@ generation_config.json). Each is trained on a small generated corpus and saved w
 """
 
 import json
+import pathlib
 import random
 import shutil
 
@@ -381,6 +382,18 @@ def test_sandbox_and_template_helpers():
         _compile("{% set n = namespace(_x=1) %}").render()
     with pytest.raises(jinja2.TemplateError, match="nope"):
         _compile("{{ raise_exception('nope') }}").render()
+
+
+def test_no_transformers_at_run_time(made):
+    import subprocess
+    import sys
+    d, _, _ = made["llama3"]
+    code = ("import sys; from tokenization.hf import HFTokenizer;"
+            "t = HFTokenizer.load(sys.argv[1]);"
+            "t.decode(t.apply_chat_template([{'role': 'user', 'content': 'x'}], tokenize=True));"
+            "assert not {'transformers', 'torch'} & set(sys.modules), 'imported'")
+    subprocess.run([sys.executable, "-c", code, str(d)], check=True,
+                   cwd=str(pathlib.Path(__file__).resolve().parent.parent))
 
 
 def test_errors(made, tmp_path):
