@@ -210,26 +210,42 @@ def test_case24_gae():
     np.testing.assert_allclose(ret, [[1, 1, 1]])
 
 
-def test_gae_matches_numpy_loop_and_skips_masked():
+def _gae_compacted(r, v, m, gamma, lam):
+    """Independent reference: standard GAE on each row's active positions only (holes removed,
+    V = 0 after the last one), A_k = sum_l (gamma lam)^(l-k) delta_l as an explicit sum, then
+    scattered back to the padded positions (0 elsewhere)."""
+    adv = np.zeros_like(r)
+    for b in range(r.shape[0]):
+        idx = np.flatnonzero(m[b])
+        rc, vc = r[b, idx], v[b, idx]
+        v_next = np.append(vc[1:], 0.0)
+        delta = rc + gamma * v_next - vc
+        n = len(idx)
+        for k in range(n):
+            adv[b, idx[k]] = sum((gamma * lam) ** (l - k) * delta[l] for l in range(k, n))
+    return adv
+
+
+def test_gae_matches_compacted_reference_with_holes():
     rng = np.random.default_rng(4)
-    r, v = rng.normal(size=(2, 6)), rng.normal(size=(2, 6))
-    m = np.array([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]], np.float32)
-    gamma, lam = 0.9, 0.8
-    ref = np.zeros_like(r)
-    for b in range(2):
-        nv = lg = 0.0
-        for t in reversed(range(6)):
-            g = r[b, t] * m[b, t] + gamma * nv - v[b, t] * m[b, t]
-            g = g + gamma * lam * lg
-            nv = v[b, t] if m[b, t] else nv
-            lg = g if m[b, t] else lg
-            ref[b, t] = lg * m[b, t]
-    adv, ret = A.gae(jnp.array(r), jnp.array(v), jnp.array(m), gamma, lam, whiten=False)
-    np.testing.assert_allclose(adv, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ret, (ref + v * m), rtol=1e-5, atol=1e-6)
-    w, _ = A.gae(jnp.array(r), jnp.array(v), jnp.array(m), gamma, lam)
+    r, v = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+    m = np.array([[0, 1, 0, 1, 1, 0, 1, 0],    # holes inside the response
+                  [1, 1, 1, 1, 1, 1, 1, 1],
+                  [0, 0, 1, 0, 0, 0, 0, 1],    # two tokens far apart
+                  [0, 0, 0, 0, 0, 0, 0, 0]],   # empty row
+                 np.float32)
+    r_junk = np.where(m > 0, r, 1e3)  # masked rewards/values must not leak in
+    v_junk = np.where(m > 0, v, -1e3)
+    for gamma, lam in ((0.9, 0.8), (0.97, 0.5), (1.0, 1.0)):
+        ref = _gae_compacted(r, v, m, gamma, lam)
+        adv, ret = A.gae(jnp.array(r_junk), jnp.array(v_junk), jnp.array(m), gamma, lam,
+                         whiten=False)
+        np.testing.assert_allclose(adv, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ret, (ref + v) * m, rtol=1e-5, atol=1e-5)
+    w, _ = A.gae(jnp.array(r), jnp.array(v), jnp.array(m), 0.9, 0.8)
     act = np.asarray(w)[m > 0]
     np.testing.assert_allclose([act.mean(), act.std()], [0, 1], atol=1e-5)
+    assert np.all(np.asarray(w)[m == 0] == 0)
 
 
 def test_case25_overlong_penalty():
