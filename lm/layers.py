@@ -5,7 +5,8 @@ Every parameter is an ``nnx.Param`` whose ``out_sharding`` metadata holds *logic
 model never mentions the mesh. Eager sharding is off so a model can be built without a mesh
 (notebooks) and placed later by ``lm.sharding.init_params``.
 
-Shapes: B batch, L query length, S key length, D d_model, N heads, H head dim, F d_ff, V vocab.
+Shapes: B batch, L query length, S key length, D d_model, N heads, K kv heads, H head dim,
+F d_ff, V vocab.
 """
 
 from __future__ import annotations
@@ -35,25 +36,76 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
 
 
 class Norm(nnx.Module):
-    """RMSNorm (``kind="rms"``) or LayerNorm without bias (``kind="layer"``), computed in fp32."""
+    """RMSNorm (``kind="rms"``) or LayerNorm (``kind="layer"``), computed in fp32.
 
-    def __init__(self, d: int, kind: str, eps: float, param_dtype, rngs: nnx.Rngs):
-        self.kind, self.eps = kind, eps
-        self.scale = param(rngs, nnx.initializers.ones, (d,), ("norm",), param_dtype)
+    ``bias``: a learned LayerNorm bias (GPT-2). ``offset``: the scale is ``offset + w`` (Gemma's
+    ``1 + w``; ``w`` then starts at ``1 - offset`` so a fresh norm is the identity)."""
+
+    def __init__(self, d: int, kind: str, eps: float, param_dtype, rngs: nnx.Rngs, *,
+                 bias: bool = False, offset: float = 0.0):
+        self.kind, self.eps, self.offset = kind, eps, offset
+        init = nnx.initializers.ones if offset == 0.0 else nnx.initializers.constant(1.0 - offset)
+        self.scale = param(rngs, init, (d,), ("norm",), param_dtype)
+        if bias:
+            self.bias = param(rngs, nnx.initializers.zeros, (d,), ("norm",), param_dtype)
 
     def __call__(self, x_BxLxD: Array) -> Array:
         x = x_BxLxD.astype(jnp.float32)
         if self.kind == "layer":
             x = x - x.mean(-1, keepdims=True)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps)
-        scale_11D = self.scale[...].astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
-        return (x * scale_11D).astype(x_BxLxD.dtype)
+        bshape = (1,) * (x.ndim - 1) + (-1,)
+        scale_11D = self.scale[...].astype(jnp.float32).reshape(bshape)
+        if self.offset != 0.0:
+            scale_11D = scale_11D + self.offset
+        x = x * scale_11D
+        if hasattr(self, "bias"):
+            x = x + self.bias[...].astype(jnp.float32).reshape(bshape)
+        return x.astype(x_BxLxD.dtype)
 
 
-def rotary(x_BxLxNxH: Array, pos_BxL: Array, base: float) -> Array:
+def parse_rope_scaling(spec: str) -> tuple[str, tuple[float, ...]]:
+    """``""`` -> ("", ()); ``"linear:F"``; ``"llama3:F,LOW,HIGH,ORIG"`` (factor, low/high freq
+    factors, original context length, as in HF ``rope_parameters``)."""
+    if not spec:
+        return "", ()
+    kind, _, args = spec.partition(":")
+    want = {"linear": 1, "llama3": 4}
+    try:
+        vals = tuple(float(a) for a in args.split(",")) if args else ()
+    except ValueError:
+        vals = None
+    if kind not in want or vals is None or len(vals) != want[kind] or min(vals) <= 0:
+        raise ValueError(f"model.rope_scaling={spec!r}: expected '' (none), 'linear:FACTOR' or "
+                         "'llama3:FACTOR,LOW_FREQ_FACTOR,HIGH_FREQ_FACTOR,ORIGINAL_MAX_LEN' "
+                         "with positive numbers")
+    if kind == "llama3" and vals[1] >= vals[2]:
+        raise ValueError(f"model.rope_scaling={spec!r}: low_freq_factor must be < "
+                         "high_freq_factor")
+    return kind, vals
+
+
+def rope_inv_freq(h: int, base: float, scaling: str = "") -> Array:
+    """Inverse frequencies [H/2] (fp32), rescaled as HF ``modeling_rope_utils`` does."""
+    inv_freq_h2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    kind, vals = parse_rope_scaling(scaling)
+    if kind == "linear":
+        inv_freq_h2 = inv_freq_h2 / vals[0]
+    elif kind == "llama3":
+        factor, low, high, orig = vals
+        wavelen_h2 = 2 * jnp.pi / inv_freq_h2
+        scaled_h2 = jnp.where(wavelen_h2 > orig / low, inv_freq_h2 / factor, inv_freq_h2)
+        smooth_h2 = (orig / wavelen_h2 - low) / (high - low)
+        smoothed_h2 = (1 - smooth_h2) * scaled_h2 / factor + smooth_h2 * scaled_h2
+        medium_h2 = ~(wavelen_h2 < orig / high) & ~(wavelen_h2 > orig / low)
+        inv_freq_h2 = jnp.where(medium_h2, smoothed_h2, scaled_h2)
+    return inv_freq_h2
+
+
+def rotary(x_BxLxNxH: Array, pos_BxL: Array, base: float, scaling: str = "") -> Array:
     """Rotary position embedding (half-split convention, as in GPT-NeoX / Llama)."""
     h = x_BxLxNxH.shape[-1]
-    inv_freq_h2 = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    inv_freq_h2 = rope_inv_freq(h, base, scaling)
     ang_BxLxH2 = pos_BxL[..., None].astype(jnp.float32) * inv_freq_h2[None, None, :]
     sin, cos = jnp.sin(ang_BxLxH2)[:, :, None, :], jnp.cos(ang_BxLxH2)[:, :, None, :]
     x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
@@ -61,57 +113,111 @@ def rotary(x_BxLxNxH: Array, pos_BxL: Array, base: float) -> Array:
     return out.astype(x_BxLxNxH.dtype)
 
 
+ACTS = {"gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False), "silu": jax.nn.silu,
+        "relu": jax.nn.relu}
+
+
 class Attention(nnx.Module):
-    """Causal multi-head self-attention with a fused qkv projection and an optional KV cache."""
+    """Causal self-attention (MHA, GQA or MQA) with an optional KV cache and sliding window.
+
+    With ``n_kv_heads == n_heads`` the projection is the fused ``qkv_Dx3xNxH`` (the layout of
+    every checkpoint before GQA); otherwise ``q_DxNxH`` and ``kv_Dx2xKxH`` (K kv heads, logical
+    axis "kv_heads"). Optional biases (``qkv_bias``, ``out_bias``) and per-head q/k RMSNorm
+    (``qk_norm``, Qwen3) are extra params created after the base ones."""
 
     def __init__(self, cfg, rngs: nnx.Rngs):
-        D, N = cfg.d_model, cfg.n_heads
-        H = D // N
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim_
         pdt, std = cfg.param_dtype_, 0.02
         self.cfg = cfg
-        self.qkv_Dx3xNxH = param(rngs, nnx.initializers.normal(std), (D, 3, N, H),
-                                 ("embed", None, "heads", "kv"), pdt)
+        init = nnx.initializers.normal(std)
+        if K == N:
+            self.qkv_Dx3xNxH = param(rngs, init, (D, 3, N, H), ("embed", None, "heads", "kv"), pdt)
+        else:
+            self.q_DxNxH = param(rngs, init, (D, N, H), ("embed", "heads", "kv"), pdt)
+            self.kv_Dx2xKxH = param(rngs, init, (D, 2, K, H), ("embed", None, "kv_heads", "kv"),
+                                    pdt)
         out_std = std / (2 * cfg.n_layers) ** 0.5
         self.out_NxHxD = param(rngs, nnx.initializers.normal(out_std), (N, H, D),
                                ("heads", "kv", "embed"), pdt)
+        zeros = nnx.initializers.zeros
+        if cfg.qkv_bias and K == N:
+            self.qkv_bias_3xNxH = param(rngs, zeros, (3, N, H), (None, "heads", "kv"), pdt)
+        elif cfg.qkv_bias:
+            self.q_bias_NxH = param(rngs, zeros, (N, H), ("heads", "kv"), pdt)
+            self.kv_bias_2xKxH = param(rngs, zeros, (2, K, H), (None, "kv_heads", "kv"), pdt)
+        if cfg.out_bias:
+            self.out_bias_D = param(rngs, zeros, (D,), ("embed",), pdt)
+        if cfg.qk_norm:
+            self.q_norm = Norm(H, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
+            self.k_norm = Norm(H, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
+
+    def _project(self, x_BLxD: Array, B: int, L: int):
+        """q [B, L, N, H], k and v [B, L, K, H] as 2-D matmuls: [D, N*H] keeps the
+        tensor-sharded N the outer factor of the merged dim (no resharding), and XLA:CPU runs
+        2-D dots much faster than the 4-D einsum (train-step benchmark: 0.73 -> 0.90)."""
+        cfg, dt = self.cfg, self.cfg.dtype_
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim_
+        if K == N:
+            w_Dx3xNxH = self.qkv_Dx3xNxH[...].astype(dt)
+            ws = [(w_Dx3xNxH[:, c].reshape(D, N * H), N) for c in range(3)]
+            bs = ([self.qkv_bias_3xNxH[...].astype(dt)[c].reshape(N * H) for c in range(3)]
+                  if cfg.qkv_bias else [None] * 3)
+        else:
+            w_Dx2xKxH = self.kv_Dx2xKxH[...].astype(dt)
+            ws = [(self.q_DxNxH[...].astype(dt).reshape(D, N * H), N)] + [
+                (w_Dx2xKxH[:, c].reshape(D, K * H), K) for c in range(2)]
+            bs = ([self.q_bias_NxH[...].astype(dt).reshape(N * H)] + [
+                self.kv_bias_2xKxH[...].astype(dt)[c].reshape(K * H) for c in range(2)]
+                if cfg.qkv_bias else [None] * 3)
+        out = []
+        for (w, n), b, kv in zip(ws, bs, (False, True, True)):
+            y = x_BLxD @ w
+            y = y if b is None else y + b[None]
+            name = "kv_heads" if kv and K != N else "heads"
+            out.append(constrain(y.reshape(B, L, n, H), ("batch", "length", name, None)))
+        return out
 
     def __call__(self, x_BxLxD: Array, pos_BxL: Array, kv_cache=None, index=None):
-        """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxSxNxH, v_BxSxNxH) the new keys are
-        written at ``index`` and queries attend to cache positions ``<= their own position``."""
+        """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxSxKxH, v_BxSxKxH) the new keys are
+        written at ``index`` and queries attend to cache positions ``<= their own position``
+        (and ``> position - sliding_window`` when a window is set)."""
         cfg, dt = self.cfg, self.cfg.dtype_
-        D, _, N, H = self.qkv_Dx3xNxH.shape
+        D, N, H, W = cfg.d_model, cfg.n_heads, cfg.head_dim_, cfg.sliding_window
         B, L = x_BxLxD.shape[:2]
-        # q, k, v as three 2-D matmuls: [D, N*H] keeps the tensor-sharded N the outer factor of
-        # the merged dim (no resharding), and XLA:CPU runs 2-D dots much faster than the 4-D
-        # einsum (train-step benchmark, tiny shape: jax/torch 0.73 -> 0.90).
-        x_BLxD = x_BxLxD.reshape(B * L, D)
-        w_Dx3xNxH = self.qkv_Dx3xNxH[...].astype(dt)
-        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (
-            constrain((x_BLxD @ w_Dx3xNxH[:, c].reshape(D, N * H)).reshape(B, L, N, H),
-                      ("batch", "length", "heads", None)) for c in range(3))
+        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH = self._project(x_BxLxD.reshape(B * L, D), B, L)
+        if cfg.qk_norm:
+            q_BxLxNxH, k_BxLxKxH = self.q_norm(q_BxLxNxH), self.k_norm(k_BxLxKxH)
         if cfg.pos == "rope":
-            q_BxLxNxH = rotary(q_BxLxNxH, pos_BxL, cfg.rope_base)
-            k_BxLxNxH = rotary(k_BxLxNxH, pos_BxL, cfg.rope_base)
+            q_BxLxNxH = rotary(q_BxLxNxH, pos_BxL, cfg.rope_base, cfg.rope_scaling)
+            k_BxLxKxH = rotary(k_BxLxKxH, pos_BxL, cfg.rope_base, cfg.rope_scaling)
         if kv_cache is None:
-            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH,
-                                                     is_causal=True)
+            window = {"local_window_size": (W - 1, 0)} if W else {}
+            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH,
+                                                     is_causal=True, **window)
             new_kv = None
         else:
-            k_BxSxNxH, v_BxSxNxH = kv_cache
-            k_BxSxNxH = jax.lax.dynamic_update_slice_in_dim(k_BxSxNxH, k_BxLxNxH, index, axis=1)
-            v_BxSxNxH = jax.lax.dynamic_update_slice_in_dim(v_BxSxNxH, v_BxLxNxH, index, axis=1)
-            S = k_BxSxNxH.shape[1]
-            mask_BxLxS = jnp.arange(S)[None, None, :] <= pos_BxL[:, :, None]
-            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxNxH, v_BxSxNxH,
+            k_BxSxKxH, v_BxSxKxH = kv_cache
+            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(k_BxSxKxH, k_BxLxKxH, index, axis=1)
+            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(v_BxSxKxH, v_BxLxKxH, index, axis=1)
+            S = k_BxSxKxH.shape[1]
+            key_11S = jnp.arange(S)[None, None, :]
+            mask_BxLxS = key_11S <= pos_BxL[:, :, None]
+            if W:
+                mask_BxLxS = mask_BxLxS & (key_11S > pos_BxL[:, :, None] - W)
+            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH,
                                                      mask=mask_BxLxS[:, None])
-            new_kv = (k_BxSxNxH, v_BxSxNxH)
+            new_kv = (k_BxSxKxH, v_BxSxKxH)
         w_NHxD = self.out_NxHxD[...].astype(dt).reshape(N * H, D)
-        y_BxLxD = (o_BxLxNxH.reshape(B * L, N * H) @ w_NHxD).reshape(B, L, D)
-        return y_BxLxD, new_kv
+        y_BLxD = o_BxLxNxH.reshape(B * L, N * H) @ w_NHxD
+        if cfg.out_bias:
+            y_BLxD = y_BLxD + self.out_bias_D[...].astype(dt)[None]
+        return y_BLxD.reshape(B, L, D), new_kv
 
 
 class MLP(nnx.Module):
-    """GELU MLP (``kind="gelu"``) or SwiGLU (``kind="swiglu"``)."""
+    """Plain MLP (``mlp="gelu"``: down(act(up x))) or gated (``mlp="swiglu"``:
+    down(act(gate x) * up x)); ``act`` "" is GELU-tanh for plain and SiLU for gated."""
 
     def __init__(self, cfg, rngs: nnx.Rngs):
         D, F, pdt = cfg.d_model, cfg.d_ff, cfg.param_dtype_
@@ -121,19 +227,29 @@ class MLP(nnx.Module):
                               ("embed", None, "mlp"), pdt)
         out_std = 0.02 / (2 * cfg.n_layers) ** 0.5
         self.down_FxD = param(rngs, nnx.initializers.normal(out_std), (F, D), ("mlp", "embed"), pdt)
+        if cfg.mlp_bias:
+            self.up_bias_CxF = param(rngs, nnx.initializers.zeros, (n_in, F), (None, "mlp"), pdt)
+            self.down_bias_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",), pdt)
 
     def __call__(self, x_BxLxD: Array) -> Array:
-        dt = self.cfg.dtype_
+        cfg, dt = self.cfg, self.cfg.dtype_
         D, C, F = self.up_DxCxF.shape
         B, L = x_BxLxD.shape[:2]
         x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), self.up_DxCxF[...].astype(dt)
-        h_BLxF = [constrain(x_BLxD @ w_DxCxF[:, c], ("batch", "mlp"))  # 2-D dots (see Attention)
-                  for c in range(C)]
-        if self.cfg.mlp == "swiglu":
-            h_BLxF = jax.nn.silu(h_BLxF[0]) * h_BLxF[1]
+        h_BLxF = [x_BLxD @ w_DxCxF[:, c] for c in range(C)]  # 2-D dots (see Attention)
+        if cfg.mlp_bias:
+            b_CxF = self.up_bias_CxF[...].astype(dt)
+            h_BLxF = [h + b_CxF[c][None] for c, h in enumerate(h_BLxF)]
+        h_BLxF = [constrain(h, ("batch", "mlp")) for h in h_BLxF]
+        act = ACTS[cfg.act_]
+        if cfg.mlp == "swiglu":
+            h_BLxF = act(h_BLxF[0]) * h_BLxF[1]
         else:
-            h_BLxF = jax.nn.gelu(h_BLxF[0])
-        return (h_BLxF @ self.down_FxD[...].astype(dt)).reshape(B, L, D)
+            h_BLxF = act(h_BLxF[0])
+        y_BLxD = h_BLxF @ self.down_FxD[...].astype(dt)
+        if cfg.mlp_bias:
+            y_BLxD = y_BLxD + self.down_bias_D[...].astype(dt)[None]
+        return y_BLxD.reshape(B, L, D)
 
 
 class Block(nnx.Module):
@@ -141,9 +257,10 @@ class Block(nnx.Module):
 
     def __init__(self, cfg, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.norm1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs)
+        kw = {"bias": cfg.norm_bias, "offset": cfg.norm_offset}
+        self.norm1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs, **kw)
         self.attn = Attention(cfg, rngs)
-        self.norm2 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs)
+        self.norm2 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs, **kw)
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x_BxLxD, pos_BxL, rng=None, kv_cache=None, index=None):

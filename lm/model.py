@@ -1,5 +1,10 @@
 """Flax NNX GPT: pre-norm decoder with rotary or learned positions, GELU or SwiGLU MLPs.
 
+One config covers the Hugging Face families ``lm.hf`` loads (GPT-2, Llama 3, Mistral, Qwen2/3,
+Gemma): GQA/MQA (``n_kv_heads``), explicit ``head_dim``, biases, q/k norm, Gemma's embedding
+scale and ``1 + w`` norms, rope scaling and a sliding window are ``ModelCfg`` fields whose
+defaults give the original model (same params, names, random draws and numerics).
+
 One forward path serves training, probing and decoding:
 
     logits_BxLxV = model(tokens_BxL)                                   # training
@@ -20,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lm.layers import Block, Norm, dropout, param
+from lm.layers import Block, Norm, dropout, param, parse_rope_scaling
 from lm.routing import DLRCfg, LatentRouter
-from lm.sharding import constrain
+from lm.sharding import ConfigError, constrain
 
 ACT_BxLxD = ("batch", "length", "act_embed")  # the residual stream's logical layout
 
@@ -47,20 +52,61 @@ class ModelCfg:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; logits and norms are fp32
     dlr: DLRCfg = DLRCfg()  # Dynamic Latent Routing hook (lm/routing.py); off by default
+    # model families (lm/hf); the defaults are the original GPT of this codebase
+    n_kv_heads: int | None = None  # None = n_heads; fewer = GQA (1 = MQA); the KV cache holds them
+    head_dim: int | None = None  # None = d_model // n_heads
+    qkv_bias: bool = False  # biases on the q/k/v projections (GPT-2, Qwen2)
+    out_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
+    norm_bias: bool = False  # LayerNorm bias (GPT-2); norm="layer" only
+    norm_offset: float = 0.0  # norm scale is offset + w (Gemma: 1.0)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before rotary (Qwen3)
+    act: str = ""  # MLP activation; "" = gelu_tanh for mlp="gelu", silu for mlp="swiglu"
+    rope_scaling: str = ""  # "" | "linear:F" | "llama3:F,LOW,HIGH,ORIG" (lm.layers.rope_inv_freq)
+    embed_scale: bool = False  # multiply embeddings by sqrt(d_model) in compute dtype (Gemma)
+    sliding_window: int = 0  # 0 = full causal; W: a query sees its last W positions (Mistral)
+    final_logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap) (Gemma 2)
 
     CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
-               "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES)}
+               "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES),
+               "act": ("", "gelu_tanh", "gelu", "silu", "relu")}
 
     def __post_init__(self):
         for field, allowed in self.CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {allowed}")
-        if self.d_model % self.n_heads:
+        if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} is not divisible by "
-                             f"model.n_heads={self.n_heads}")
-        if self.pos == "rope" and (self.d_model // self.n_heads) % 2:
+                             f"model.n_heads={self.n_heads} (or set model.head_dim)")
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ConfigError(f"model.head_dim={self.head_dim} must be >= 1 (or None)")
+        if self.n_kv_heads is not None and not (
+                1 <= self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0):
+            raise ConfigError(f"model.n_kv_heads={self.n_kv_heads} must divide "
+                              f"model.n_heads={self.n_heads} (1 = MQA, None = n_heads)")
+        if self.pos == "rope" and self.head_dim_ % 2:
             raise ValueError("rotary positions need an even head dim (d_model / n_heads)")
+        if self.norm_bias and self.norm != "layer":
+            raise ConfigError("model.norm_bias=true needs model.norm='layer' (RMSNorm has no bias)")
+        if self.sliding_window < 0 or self.final_logit_softcap < 0:
+            raise ConfigError("model.sliding_window and model.final_logit_softcap must be >= 0 "
+                              "(0 = off)")
+        if self.rope_scaling and self.pos != "rope":
+            raise ConfigError("model.rope_scaling needs model.pos='rope'")
+        parse_rope_scaling(self.rope_scaling)
         self.dlr.check(self.n_layers)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim_(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def act_(self) -> str:
+        return self.act or ("silu" if self.mlp == "swiglu" else "gelu_tanh")
 
     @property
     def dtype_(self):
@@ -82,7 +128,8 @@ class GPT(nnx.Module):
                                  (None, "embed"), pdt)
         for i in range(cfg.n_layers):  # string attribute names give clean checkpoint paths
             setattr(self, f"block_{i}", Block(cfg, rngs))
-        self.norm_f = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, pdt, rngs)
+        self.norm_f = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, pdt, rngs, bias=cfg.norm_bias,
+                           offset=cfg.norm_offset)
         if not cfg.tie_embeddings:
             self.unembed_DxV = param(rngs, nnx.initializers.normal(0.02),
                                      (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
@@ -97,6 +144,8 @@ class GPT(nnx.Module):
         """Embedding (with dropout) and the per-block dropout keys (a list of Nones if no rng)."""
         cfg, dt = self.cfg, self.cfg.dtype_
         x_BxLxD = self.embed_VxD[...].astype(dt)[tokens_BxL]
+        if cfg.embed_scale:  # Gemma: the normalizer is rounded to the compute dtype
+            x_BxLxD = x_BxLxD * jnp.asarray(cfg.d_model**0.5, dt)
         if cfg.pos == "learned":
             x_BxLxD = x_BxLxD + self.pos_LxD[...].astype(dt)[pos_BxL]
         rngs = list(jax.random.split(rng, cfg.n_layers + 1)) if rng is not None else [None] * (
@@ -130,7 +179,10 @@ class GPT(nnx.Module):
         h_BxLxD = self.norm_f(h_BxLxD)
         w_DxV = (self.embed_VxD[...].T if self.cfg.tie_embeddings else self.unembed_DxV[...])
         logits_BxLxV = jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV.astype(h_BxLxD.dtype))
-        return constrain(logits_BxLxV, ("batch", "length", "vocab")).astype(jnp.float32)
+        logits_BxLxV = constrain(logits_BxLxV, ("batch", "length", "vocab")).astype(jnp.float32)
+        if cap := self.cfg.final_logit_softcap:
+            logits_BxLxV = cap * jnp.tanh(logits_BxLxV / cap)
+        return logits_BxLxV
 
     def __call__(self, tokens_BxL, *, positions_BxL=None, rng=None, return_hidden=False,
                  codes_BxM=None):
@@ -143,10 +195,10 @@ class GPT(nnx.Module):
         return (logits_BxLxV, hiddens) if return_hidden else logits_BxLxV
 
     def init_cache(self, batch: int, length: int | None = None, dtype=None):
-        """Zero KV cache: per layer (k, v) of shape [B, S, N, H]."""
+        """Zero KV cache: per layer (k, v) of shape [B, S, K, H] (K = kv heads)."""
         cfg = self.cfg
         S = length or cfg.max_len
-        shape = (batch, S, cfg.n_heads, cfg.d_model // cfg.n_heads)
+        shape = (batch, S, cfg.kv_heads, cfg.head_dim_)
         dt = dtype or cfg.dtype_
         return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
 

@@ -4,6 +4,11 @@ The mesh has axes ``("data", "fsdp", "tensor")``. Parameters carry logical names
 ``RULES`` is the one table that maps them to mesh axes. Initialisation is abstract first:
 ``nnx.eval_shape`` gives shapes and names, the rules give ``NamedSharding``s, and
 ``jax.jit(init, out_shardings=...)`` materialises each shard on its own device.
+
+GQA/MQA: the kv heads (logical "kv_heads") go on ``tensor`` when their count divides the
+``tensor`` axis; otherwise (e.g. MQA's single kv head, or 2 kv heads over tensor=4) ``fit_spec``
+drops the axis and the k/v projections are *replicated* over ``tensor`` (each tensor shard
+computes all kv heads; the q heads stay split), as for any dimension a mesh axis does not divide.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "embed": "fsdp",
     "mlp": "tensor",
     "heads": "tensor",
+    "kv_heads": "tensor",  # replicated when the kv-head count does not divide it (fit_spec)
     "kv": None,
     "norm": None,
     "codes": None,
