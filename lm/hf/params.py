@@ -1,0 +1,195 @@
+"""Tensor-name mapping between Hugging Face checkpoints and this codebase's params tree.
+
+``mapping(cfg, family)`` gives, for every param path of ``GPT(cfg)`` (a tuple of dict keys),
+a ``Src``: which HF tensors make it and how. A param is the stack (along ``stack``) of one or
+more HF tensors; each HF tensor is optionally transposed (torch ``nn.Linear`` stores
+``[out, in]``; GPT-2's ``Conv1D`` already stores ``[in, out]``) and then each of its axes is
+split into a group of our axes (``q_proj`` ``[N*H, D]`` -> transposed ``[D, N*H]`` -> our
+``[D, N, H]``: groups ``((0,), (1, 2))``).
+
+``read_slice`` reads the part of a param that one device holds, straight from the
+memory-mapped HF tensor: a slice of our group axes is a contiguous row range of the HF axis
+(the inner axes of a group, e.g. the head dim, are never sharded; if they were, the covering
+range is read and cut), so a device reads only its shard. ``to_hf`` is the inverse, on host
+arrays, for saving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from lm.model import ModelCfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Src:
+    names: tuple[str, ...]  # HF tensors, stacked along ``stack`` of our param
+    stack: int | None  # our axis indexing ``names`` (None: one tensor)
+    transpose: bool  # HF 2-D tensor stored [out, in]
+    groups: tuple[tuple[int, ...], ...]  # per HF axis (after transpose): our axes (sans stack)
+    crop: bool = False  # our axis 0 may be shorter than HF's (GPT-2 positions, max_len cap)
+
+
+def _w(name, t=True):
+    return Src((name,), None, t, ((0,), (1,)))
+
+
+def _vec(name):
+    return Src((name,), None, False, ((0,),))
+
+
+def mapping(cfg: ModelCfg, family: str) -> dict[tuple[str, ...], Src]:
+    """Our param path -> ``Src`` for every param of ``GPT(cfg)`` (cfg as ``families`` builds
+    it for ``family``)."""
+    fused, gpt2 = cfg.kv_heads == cfg.n_heads, family == "gpt2"
+    out: dict[tuple[str, ...], Src] = {}
+    if gpt2:
+        pre, L = "transformer.", "transformer.h"
+        out[("embed_VxD",)] = _w(pre + "wte.weight", False)
+        out[("pos_LxD",)] = Src((pre + "wpe.weight",), None, False, ((0,), (1,)), crop=True)
+        out[("norm_f", "scale")] = _vec(pre + "ln_f.weight")
+        out[("norm_f", "bias")] = _vec(pre + "ln_f.bias")
+    else:
+        pre, L = "model.", "model.layers"
+        out[("embed_VxD",)] = _w(pre + "embed_tokens.weight", False)
+        out[("norm_f", "scale")] = _vec(pre + "norm.weight")
+    if not cfg.tie_embeddings:
+        out[("unembed_DxV",)] = _w("lm_head.weight")
+    for i in range(cfg.n_layers):
+        b, p = f"block_{i}", f"{L}.{i}."
+        if gpt2:
+            for n, h in (("norm1", "ln_1"), ("norm2", "ln_2")):
+                out[(b, n, "scale")] = _vec(p + h + ".weight")
+                out[(b, n, "bias")] = _vec(p + h + ".bias")
+            a = p + "attn."
+            out[(b, "attn", "qkv_Dx3xNxH")] = Src((a + "c_attn.weight",), None, False,
+                                                  ((0,), (1, 2, 3)))
+            out[(b, "attn", "qkv_bias_3xNxH")] = Src((a + "c_attn.bias",), None, False,
+                                                     ((0, 1, 2),))
+            out[(b, "attn", "out_NxHxD")] = Src((a + "c_proj.weight",), None, False,
+                                                ((0, 1), (2,)))
+            out[(b, "attn", "out_bias_D")] = _vec(a + "c_proj.bias")
+            m = p + "mlp."
+            out[(b, "mlp", "up_DxCxF")] = Src((m + "c_fc.weight",), None, False,
+                                              ((0,), (1, 2)))
+            out[(b, "mlp", "up_bias_CxF")] = Src((m + "c_fc.bias",), None, False, ((0, 1),))
+            out[(b, "mlp", "down_FxD")] = _w(m + "c_proj.weight", False)
+            out[(b, "mlp", "down_bias_D")] = _vec(m + "c_proj.bias")
+            continue
+        out[(b, "norm1", "scale")] = _vec(p + "input_layernorm.weight")
+        out[(b, "norm2", "scale")] = _vec(p + "post_attention_layernorm.weight")
+        a = p + "self_attn."
+        qkv = [a + f"{c}_proj" for c in "qkv"]
+        if fused:
+            out[(b, "attn", "qkv_Dx3xNxH")] = Src(tuple(n + ".weight" for n in qkv), 1, True,
+                                                  ((0,), (1, 2)))
+        else:
+            out[(b, "attn", "q_DxNxH")] = Src((qkv[0] + ".weight",), None, True,
+                                              ((0,), (1, 2)))
+            out[(b, "attn", "kv_Dx2xKxH")] = Src(tuple(n + ".weight" for n in qkv[1:]), 1, True,
+                                                 ((0,), (1, 2)))
+        if cfg.qkv_bias and fused:
+            out[(b, "attn", "qkv_bias_3xNxH")] = Src(tuple(n + ".bias" for n in qkv), 0, False,
+                                                     ((0, 1),))
+        elif cfg.qkv_bias:
+            out[(b, "attn", "q_bias_NxH")] = Src((qkv[0] + ".bias",), None, False, ((0, 1),))
+            out[(b, "attn", "kv_bias_2xKxH")] = Src(tuple(n + ".bias" for n in qkv[1:]), 0,
+                                                    False, ((0, 1),))
+        out[(b, "attn", "out_NxHxD")] = Src((a + "o_proj.weight",), None, True, ((0, 1), (2,)))
+        if cfg.out_bias:
+            out[(b, "attn", "out_bias_D")] = _vec(a + "o_proj.bias")
+        if cfg.qk_norm:
+            out[(b, "attn", "q_norm", "scale")] = _vec(a + "q_norm.weight")
+            out[(b, "attn", "k_norm", "scale")] = _vec(a + "k_norm.weight")
+        m = p + "mlp."
+        ups = ("gate_proj", "up_proj") if cfg.mlp == "swiglu" else ("up_proj",)
+        out[(b, "mlp", "up_DxCxF")] = Src(tuple(m + u + ".weight" for u in ups), 1, True,
+                                          ((0,), (1,)))
+        out[(b, "mlp", "down_FxD")] = _w(m + "down_proj.weight")
+        if cfg.mlp_bias:
+            out[(b, "mlp", "up_bias_CxF")] = Src(tuple(m + u + ".bias" for u in ups), 0, False,
+                                                 ((0,),))
+            out[(b, "mlp", "down_bias_D")] = _vec(m + "down_proj.bias")
+    return out
+
+
+def _drop(shape, axis):
+    return shape if axis is None else shape[:axis] + shape[axis + 1:]
+
+
+def hf_shape(src: Src, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape each HF tensor of ``src`` must have for our param of ``shape``."""
+    sub = _drop(tuple(shape), src.stack)
+    post = tuple(math.prod(sub[a] for a in g) for g in src.groups)
+    return post[::-1] if src.transpose else post
+
+
+def shape_ok(src: Src, shape, stored) -> bool:
+    want = hf_shape(src, shape)
+    if src.crop:
+        return len(stored) == len(want) and stored[0] >= want[0] and stored[1:] == want[1:]
+    return tuple(stored) == want
+
+
+def _bounds(idx, shape):
+    return [(s.start or 0, shape[a] if s.stop is None else s.stop)
+            for a, s in enumerate(tuple(idx) + (slice(None),) * (len(shape) - len(idx)))]
+
+
+def read_slice(src: Src, array_of, shape, idx, dtype) -> np.ndarray:
+    """``param[idx]`` (``idx``: a tuple of slices, as ``jax.make_array_from_callback`` gives)
+    read from the HF tensors; ``array_of(name)`` is a memory-mapped numpy view."""
+    bounds = _bounds(idx, shape)
+    if src.stack is None:
+        return _read_one(src, array_of(src.names[0]), shape, bounds, dtype)
+    s0, s1 = bounds[src.stack]
+    sub_bounds = _drop(bounds, src.stack)
+    parts = [_read_one(src, array_of(src.names[j]), _drop(tuple(shape), src.stack), sub_bounds,
+                       dtype) for j in range(s0, s1)]
+    return np.stack(parts, axis=src.stack)
+
+
+def _read_one(src, view, sub_shape, bounds, dtype):
+    hf_sl, new_shape, inner = [], [], []
+    for g in src.groups:
+        a0, b0 = bounds[g[0]]
+        rest = math.prod(sub_shape[a] for a in g[1:])
+        hf_sl.append(slice(a0 * rest, b0 * rest))
+        new_shape += [b0 - a0] + [sub_shape[a] for a in g[1:]]
+        inner += [slice(None)] + [slice(*bounds[a]) for a in g[1:]]
+    if src.transpose:
+        x = view[hf_sl[1], hf_sl[0]].T
+    else:
+        x = view[tuple(hf_sl)]
+    x = x.reshape(new_shape)[tuple(inner)]
+    return np.asarray(x, dtype=dtype)
+
+
+def to_hf(src: Src, value: np.ndarray) -> dict[str, np.ndarray]:
+    """The HF tensors of one param (host array), C-contiguous."""
+    parts = [value] if src.stack is None else [np.take(value, j, axis=src.stack)
+                                               for j in range(value.shape[src.stack])]
+    out = {}
+    for name, part in zip(src.names, parts):
+        post = tuple(math.prod(part.shape[a] for a in g) for g in src.groups)
+        x = part.reshape(post)
+        out[name] = np.ascontiguousarray(x.T if src.transpose else x)
+    return out
+
+
+# tensors a checkpoint may hold that carry no weights of ours (buffers of older versions)
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+def resolve(names_present, wanted: str) -> str | None:
+    """``wanted`` or its variant without the ``transformer.``/``model.`` prefix (the original
+    GPT-2 checkpoints store ``h.0.attn...``); None if absent."""
+    if wanted in names_present:
+        return wanted
+    for pre in ("transformer.", "model."):
+        if wanted.startswith(pre) and wanted[len(pre):] in names_present:
+            return wanted[len(pre):]
+    return None

@@ -1,0 +1,100 @@
+"""Tiny random Hugging Face checkpoints built in the test (nothing downloaded), one per family.
+
+Every parameter is perturbed (``+ 0.1 N(0, 1)``) after transformers' init so biases and norm
+weights are not their trivial zeros/ones and the distributions are peaked enough for a greedy
+32-token comparison. fp32, eager attention.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+V, D, LAYERS, HEADS, MAXPOS = 128, 32, 2, 4, 64
+
+FAMILIES = {
+    "gpt2": dict(model_type="gpt2", vocab_size=V, n_embd=D, n_layer=LAYERS, n_head=HEADS,
+                 n_positions=MAXPOS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "llama": dict(model_type="llama", vocab_size=V, hidden_size=D, intermediate_size=64,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                  max_position_embeddings=MAXPOS, tie_word_embeddings=False,
+                  rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 16}),
+    "llama_tied_bias": dict(model_type="llama", vocab_size=V, hidden_size=D,
+                            intermediate_size=64, num_hidden_layers=LAYERS,
+                            num_attention_heads=HEADS, num_key_value_heads=HEADS,
+                            max_position_embeddings=MAXPOS, tie_word_embeddings=True,
+                            attention_bias=True, mlp_bias=True,
+                            rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
+                                             "factor": 2.0}),
+    "mistral": dict(model_type="mistral", vocab_size=V, hidden_size=D, intermediate_size=64,
+                    num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                    max_position_embeddings=MAXPOS, sliding_window=8),
+    "qwen2": dict(model_type="qwen2", vocab_size=V, hidden_size=D, intermediate_size=64,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                  max_position_embeddings=MAXPOS, tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", vocab_size=V, hidden_size=D, intermediate_size=64,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                  head_dim=16, max_position_embeddings=MAXPOS, tie_word_embeddings=True),
+    "gemma": dict(model_type="gemma", vocab_size=V, hidden_size=D, intermediate_size=64,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1,
+                  head_dim=16, max_position_embeddings=MAXPOS,
+                  hidden_act="gelu_pytorch_tanh"),
+    "arcee": dict(model_type="arcee", vocab_size=V, hidden_size=D, intermediate_size=64,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                  max_position_embeddings=MAXPOS, hidden_act="gelu_pytorch_tanh"),
+}
+
+
+def hf_config(name: str):
+    import transformers
+    kw = dict(FAMILIES[name])
+    mt = kw.pop("model_type")
+    return transformers.AutoConfig.for_model(mt, **kw, bos_token_id=1, eos_token_id=2,
+                                             pad_token_id=0)
+
+
+def build(name: str, out_dir: str, seed: int = 0, dtype: str = "float32"):
+    """A random tiny transformers model of family ``name`` saved to ``out_dir``; returns it."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    cfg = hf_config(name)
+    cfg._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model = model.to(getattr(torch, dtype)).eval()
+    model.save_pretrained(out_dir)
+    return model
+
+
+def ragged_batch(seed: int = 0, lengths=(20, 13, 7)):
+    """Right-padded tokens [B, L] (pad 0) and their mask."""
+    rng = np.random.default_rng(seed)
+    L = max(lengths)
+    toks = rng.integers(3, V, (len(lengths), L)).astype(np.int32)
+    mask = (np.arange(L)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    return np.where(mask > 0, toks, 0).astype(np.int32), mask
+
+
+def hf_logits(model, toks, mask):
+    import torch
+    with torch.no_grad():
+        out = model(input_ids=torch.as_tensor(toks, dtype=torch.long),
+                    attention_mask=torch.as_tensor(mask, dtype=torch.long))
+    return out.logits.float().numpy()
+
+
+def tensors(path: str) -> dict:
+    """Every tensor of a HF directory as numpy (bf16 via its raw bits)."""
+    from lm.hf.safetensors_io import SafetensorsDir
+    files = SafetensorsDir(path)
+    return {n: np.array(files.array(n)) for n in files.names}
+
+
+def listing(path: str) -> list[str]:
+    return sorted(os.listdir(path))
