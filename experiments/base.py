@@ -104,11 +104,13 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
                     for b in eval_host]
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep)
     state, metrics_path = setup.state, os.path.join(workdir, "metrics.jsonl")
-    last = ckpt.latest_step()
-    if resume and last is not None:
+    restored = None
+    if resume:  # newest readable checkpoint; an unreadable one is logged and skipped
         target = abstract_target(jax.eval_shape(lambda: setup.state), setup.state_sharding)
-        state, data_state = ckpt.restore(last, target)
-        it.set_state(data_state)
+        say = (lambda m: print(m, file=sys.stderr, flush=True)) if is_main else (lambda m: None)
+        restored = ckpt.restore_latest(target, check=it.set_state, log=say)
+    if restored is not None:
+        last, state, _ = restored
         if is_main:
             M.truncate_jsonl(metrics_path, last)
     elif is_main and os.path.exists(metrics_path):

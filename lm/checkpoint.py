@@ -6,14 +6,48 @@ iterator state; ``JsonSave``). Orbax writes each step into a temporary folder an
 complete, so a checkpoint is either whole or absent. ``restore`` takes an *abstract* target whose
 leaves are ``jax.ShapeDtypeStruct``s carrying shardings, so a run saved on one mesh resumes on
 another.
+
+``restore_latest(target)`` is the resume path: it tries the steps newest first and skips one that
+cannot be read (bytes overwritten in its array data, ``_METADATA``, ``array_metadatas`` or the
+iterator-state JSON: Orbax and TensorStore raise ``UnicodeDecodeError``, ``ValueError: DATA_LOSS``,
+``JSONDecodeError``, ...), logging its step and cause; the skipped steps are moved aside to
+``<dir>.unreadable/`` (kept for inspection, out of the manager's way, so the resumed run can save
+those steps again). When no step is readable it raises ``UnreadableCheckpoint`` (a
+``ConfigError``: the CLI prints one ``error:`` line and exits 2) naming each step, its cause and
+``--set run.overwrite=true``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
+
+from lm.sharding import ConfigError
+
+
+class UnreadableCheckpoint(ConfigError):
+    """No checkpoint of the run directory could be restored (each step's cause in the message)."""
+
+
+def _cause(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:160] + '...' if len(msg) > 160 else msg}"
+
+
+@contextlib.contextmanager
+def _quiet_unraisable():
+    """A failed TensorStore read leaves coroutines that Python reports as "Exception ignored"
+    tracebacks on stderr; the cause is reported once by ``restore_latest`` instead."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
 
 
 def abstract_target(state, shardings):
@@ -47,6 +81,50 @@ class Checkpointer:
                                   data=ocp.args.JsonRestore())
         out = self.manager.restore(step, args=args)
         return out["state"], dict(out["data"] or {})
+
+    def restore_latest(self, target, *, check=None, log=print):
+        """``(step, state, data_state)`` of the newest readable checkpoint; None when there is no
+        checkpoint. ``check(data_state)`` (e.g. the iterator's ``set_state``) runs inside the
+        attempt, so a parseable but wrong iterator state counts as unreadable too. Raises
+        ``UnreadableCheckpoint`` when every step fails."""
+        steps = sorted(self.all_steps(), reverse=True)
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                with _quiet_unraisable():
+                    state, data_state = self.restore(step, target)
+                if check is not None:
+                    check(data_state)
+            except Exception as e:  # noqa: BLE001 - any read failure of a damaged checkpoint
+                failed.append((step, _cause(e)))
+                log(f"checkpoint step {step} in {self.directory} is unreadable ({failed[-1][1]})")
+                continue
+            if failed:
+                aside = self._set_aside([s for s, _ in failed])
+                log(f"resuming from step {step}, the newest readable checkpoint; unreadable "
+                    f"step(s) {[s for s, _ in failed]} moved to {aside}")
+            return step, state, data_state
+        if not failed:
+            return None
+        causes = "; ".join(f"step {s}: {c}" for s, c in failed)
+        raise UnreadableCheckpoint(
+            f"no checkpoint in {self.directory} can be restored ({causes}); pass --set "
+            f"run.overwrite=true to start the run afresh (this deletes the run directory), or "
+            f"move {self.directory} away")
+
+    def _set_aside(self, steps: list[int]) -> str:
+        """Move unreadable step folders to ``<dir>.unreadable/<step>.<unix time>``."""
+        aside = self.directory + ".unreadable"
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                os.replace(os.path.join(self.directory, str(step)),
+                           os.path.join(aside, f"{step}.{int(time.time())}"))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("lm.checkpoint.set_aside")
+        self.manager.reload()
+        return aside
 
     def wait(self):
         self.manager.wait_until_finished()

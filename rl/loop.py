@@ -114,12 +114,12 @@ def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep)
     full = {"policy": state, "critic": critic.state if critic else {}, "sas": sas_state}
     start = 0
-    if ckpt.latest_step() is not None:
-        shard = {"policy": setup.state_sharding,
-                 "critic": critic.state_sharding if critic else {},
-                 "sas": jax.tree.map(lambda _: rep, sas_state)}
-        full, data = ckpt.restore(ckpt.latest_step(),
-                                  abstract_target(jax.eval_shape(lambda: full), shard))
+    shard = {"policy": setup.state_sharding, "critic": critic.state_sharding if critic else {},
+             "sas": jax.tree.map(lambda _: rep, sas_state)}
+    restored = ckpt.restore_latest(abstract_target(jax.eval_shape(lambda: full), shard),
+                                   check=lambda data: int(data["step"]), log=log)
+    if restored is not None:  # the newest readable checkpoint (an unreadable one is logged)
+        _, full, data = restored
         start = int(data["step"])
         log(f"resumed {workdir} at RL step {start}")
     state, sas_state = full["policy"], full["sas"]
