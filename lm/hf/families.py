@@ -196,7 +196,8 @@ def to_hf_config(cfg: ModelCfg, family: str, dtype: str, extra: dict | None = No
     torch_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[dtype]
     out = {"architectures": [ARCH[family]], "model_type": family, "vocab_size": cfg.vocab_size,
            "tie_word_embeddings": cfg.tie_embeddings, "dtype": torch_dtype,
-           "torch_dtype": torch_dtype}
+           "torch_dtype": torch_dtype, "bos_token_id": None, "eos_token_id": None,
+           "pad_token_id": None}  # unknown unless given (else transformers fills its defaults)
     if family == "gpt2":
         out.update(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                    n_inner=cfg.d_ff, n_positions=cfg.max_len, n_ctx=cfg.max_len,
