@@ -21,6 +21,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
+from lm import pretrained
 from lm.config import Config, override, to_dict
 from lm.setup import Setup, build, sample_text, validate  # noqa: F401 - public names live here too
 from lm.sharding import ConfigError
@@ -46,10 +47,11 @@ def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
         with open(path) as fh:
             old = json.load(fh)
         old.setdefault("run", {})["allow_dirty"] = new.get("run", {}).get("allow_dirty", False)
-        if old == new:
-            return True
+        defaults = json.loads(json.dumps(to_dict(type(cfg)())))
+        if not list(_diff(old, new, defaults=defaults)):
+            return True  # equal, up to keys added since (at their defaults)
         if not cfg.run.overwrite:
-            diff = sorted(_diff(old, new))
+            diff = sorted(_diff(old, new, defaults=defaults))
             raise ConfigError(f"run directory {workdir} holds a run with a different config "
                               f"(differs at {', '.join(diff[:6])}); pass --set run.overwrite=true "
                               "to replace it, or choose another --workdir")
@@ -65,10 +67,16 @@ def prepare_run_dir(workdir: str, cfg: Config, *, is_main: bool = True) -> bool:
     return False
 
 
-def _diff(a, b, prefix=""):
+def _diff(a, b, prefix="", defaults=None):
+    """Dotted keys where config dicts ``a`` (on disk) and ``b`` differ. With ``defaults``, a key
+    ``a`` lacks (a field added to the code since ``a`` was written) counts as equal when ``b``
+    holds its default, so an old run directory still resumes."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in set(a) | set(b):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            d = defaults.get(k) if isinstance(defaults, dict) else None
+            if k not in a and isinstance(defaults, dict) and k in defaults and b.get(k) == d:
+                continue
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.", d)
     elif a != b:
         yield prefix.rstrip(".")
 
@@ -197,9 +205,13 @@ def parse_args(argv, presets: dict[str, Callable[[], Config]], default: str):
 
 
 def load_config(args, presets, default) -> Config:
+    """The preset with the ``--set`` overrides; with ``model.init_from`` the architecture is the
+    checkpoint's and an override contradicting it is refused (``lm.pretrained.resolve``)."""
     if args.preset not in presets:
         raise ConfigError(f"--preset {args.preset!r} is not one of {sorted(presets)}")
-    return override(presets[args.preset](), [kv for group in args.overrides for kv in group])
+    sets = [kv for group in args.overrides for kv in group]
+    cfg = override(presets[args.preset](), sets)
+    return pretrained.resolve(cfg, set_keys=[kv.split("=", 1)[0].strip() for kv in sets])
 
 
 def init_distributed(args):

@@ -25,6 +25,7 @@ from experiments.base import main, prepare_run_dir
 from experiments.config import Config, RunCfg
 from lm.model import ModelCfg
 from lm.optim import OptCfg
+from lm.pretrained import prompt_ids, run_tokenizer
 from lm.sample import SampleCfg, generate
 from lm.sharding import MeshCfg
 from lm.train import TrainCfg
@@ -72,11 +73,12 @@ def tiny() -> GRPOConfig:
 PRESETS = {"tiny": tiny}
 
 
-def encode_prompts(prompts):
-    out = np.full((len(prompts), PROMPT_LEN), TOK.pad_id, np.int32)
+def encode_prompts(prompts, tok=TOK):
+    width = PROMPT_LEN + int(getattr(tok, "prompt_bos", False))  # a checkpoint's BOS
+    out = np.full((len(prompts), width), tok.pad_id, np.int32)
     lens = np.zeros(len(prompts), np.int32)
     for i, p in enumerate(prompts):
-        ids = TOK.encode(p)
+        ids = prompt_ids(tok, p)[:width]
         out[i, : len(ids)], lens[i] = ids, len(ids)
     return out, lens
 
@@ -90,7 +92,7 @@ def make_sets(e: ExpCfg, seed: int):
     return train, held, long_
 
 
-def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
+def sft(cfg: GRPOConfig, workdir: str, train, tok=TOK) -> dict:
     """Answer-masked next-token SFT with the shared train step; cached in workdir/sft.npz."""
     from experiments.base import build
     from lm import sharding as sh
@@ -105,10 +107,10 @@ def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
     if os.path.exists(path):
         return load_params_npz(path, jax.device_get(setup.state["params"]))
     L = cfg.train.seq_len
-    seqs = np.full((len(train), L + 1), TOK.pad_id, np.int32)
+    seqs = np.full((len(train), L + 1), tok.pad_id, np.int32)
     mask = np.zeros((len(train), L), np.float32)
     for i, (p, a) in enumerate(train):
-        pi, ai = TOK.encode(p), TOK.encode(str(a), add_eos=True)
+        pi, ai = prompt_ids(tok, p), tok.encode(str(a), add_eos=True)
         s = np.concatenate([pi, ai])[: L + 1]
         seqs[i, : len(s)] = s
         mask[i, len(pi) - 1: len(s) - 1] = 1.0
@@ -125,25 +127,25 @@ def sft(cfg: GRPOConfig, workdir: str, train) -> dict:
     return params
 
 
-def accuracy(graphdef, params, items, max_new: int) -> tuple[float, float]:
+def accuracy(graphdef, params, items, max_new: int, tok=TOK) -> tuple[float, float]:
     """Greedy exact-match accuracy and mean completion length (tokens incl. EOS)."""
     prompts, answers = [p for p, _ in items], [a for _, a in items]
-    x, lens = encode_prompts(prompts)
+    x, lens = encode_prompts(prompts, tok)
     out = generate(graphdef, params, x, lens, SampleCfg(max_new_tokens=max_new, temperature=0,
-                                                         eos_id=TOK.eos_id, pad_id=TOK.pad_id))
+                                                         eos_id=tok.eos_id, pad_id=tok.pad_id))
     toks, n = np.asarray(out["tokens_BxT"]), np.asarray(out["lengths_B"])
-    texts = [TOK.decode(t[:k]) for t, k in zip(toks, n)]
+    texts = [tok.decode(t[:k]) for t, k in zip(toks, n)]
     return float(RW.exact_match(texts, answers).mean()), float(n.mean())
 
 
-def make_task(cfg: GRPOConfig, train, held, long_, method: str) -> RLTask:
+def make_task(cfg: GRPOConfig, train, held, long_, method: str, tok=TOK) -> RLTask:
     e, rc = cfg.exp, cfg.rl
     overlong = method == "dapo" and e.overlong_cache > 0
 
     def prompts(i):
         rng = np.random.default_rng([cfg.train.seed, i])
         ids = rng.choice(len(train), rc.prompts_per_step, replace=False)
-        x, lens = encode_prompts([train[j][0] for j in ids])
+        x, lens = encode_prompts([train[j][0] for j in ids], tok)
         return x, lens, [train[j][1] for j in ids], ids
 
     def reward(texts, answers, finished, lengths):
@@ -155,12 +157,12 @@ def make_task(cfg: GRPOConfig, train, held, long_, method: str) -> RLTask:
         return r, {"train_accuracy": float(acc.mean()), "format": float(fmt.mean())}
 
     def evaluate(graphdef, params):
-        a_in, len_in = accuracy(graphdef, params, held, rc.max_new_tokens)
-        a_long, _ = accuracy(graphdef, params, long_, rc.max_new_tokens)
+        a_in, len_in = accuracy(graphdef, params, held, rc.max_new_tokens, tok)
+        a_long, _ = accuracy(graphdef, params, long_, rc.max_new_tokens, tok)
         return {"acc_heldout": a_in, "acc_long": a_long, "greedy_length": len_in}
 
-    return RLTask(prompts, reward, evaluate, lambda ids: TOK.decode(ids), len(train),
-                  TOK.eos_id, TOK.pad_id)
+    return RLTask(prompts, reward, evaluate, lambda ids: tok.decode(ids), len(train),
+                  tok.eos_id, tok.pad_id)
 
 
 def table(records: dict, base: dict) -> tuple[str, list[str]]:
@@ -212,12 +214,13 @@ def run(cfg: GRPOConfig, workdir: str, argv=None) -> dict:
         if getattr(get_loss(m), "kind", None) != "policy":
             raise ConfigError(f"exp.methods: {m!r} is not a registered policy loss")
     prepare_run_dir(workdir, cfg)
+    tok = run_tokenizer(cfg.model, TOK)  # the checkpoint's with model.init_from
     train, held, long_ = make_sets(cfg.exp, cfg.train.seed)
-    sft_params = sft(cfg, workdir, train)
+    sft_params = sft(cfg, workdir, train, tok)
     gd = build(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss="xent"))
                ).graphdef
-    base = {"acc_heldout": accuracy(gd, sft_params, held, cfg.rl.max_new_tokens)[0],
-            "acc_long": accuracy(gd, sft_params, long_, cfg.rl.max_new_tokens)[0]}
+    base = {"acc_heldout": accuracy(gd, sft_params, held, cfg.rl.max_new_tokens, tok)[0],
+            "acc_long": accuracy(gd, sft_params, long_, cfg.rl.max_new_tokens, tok)[0]}
     print(f"SFT: held-out {base['acc_heldout']:.3f}, long {base['acc_long']:.3f}", flush=True)
     records = {}
     for m in cfg.exp.methods:
@@ -225,7 +228,7 @@ def run(cfg: GRPOConfig, workdir: str, argv=None) -> dict:
             cfg, train=dataclasses.replace(cfg.train, loss=m),
             rl=dataclasses.replace(cfg.rl, dynamic_sampling=cfg.rl.dynamic_sampling or
                                    m == "dapo"))
-        task = make_task(mcfg, train, held, long_, m)
+        task = make_task(mcfg, train, held, long_, m, tok)
         records[m] = train_rl(mcfg, os.path.join(workdir, m), task=task,
                               policy_params=sft_params, ref_params=sft_params)
     md, _ = table(records, base)

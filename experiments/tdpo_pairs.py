@@ -37,6 +37,7 @@ from lm.data import DataCfg
 from lm.losses import bind
 from lm.model import ModelCfg
 from lm.optim import OptCfg
+from lm.pretrained import prompt_ids, run_tokenizer
 from lm.sample import SampleCfg, generate, splice
 from lm.sharding import ConfigError, MeshCfg
 from lm.train import TrainCfg, to_host
@@ -81,22 +82,23 @@ def tiny() -> PairConfig:
 PRESETS = {"tiny": tiny}
 
 
-def pack(prompts, completions, S):
+def pack(prompts, completions, S, tok=TOK):
     """Right-padded [N, S] tokens and completion masks (EOS appended to completions)."""
-    toks = np.full((len(prompts), S), TOK.pad_id, np.int32)
+    toks = np.full((len(prompts), S), tok.pad_id, np.int32)
     mask = np.zeros((len(prompts), S), np.float32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids = np.concatenate([p, c, [TOK.eos_id]])[:S]
+        ids = np.concatenate([p, c, [tok.eos_id]])[:S]
         toks[i, : len(ids)] = ids
         mask[i, len(p): len(ids)] = 1.0
     return toks, mask
 
 
-def synthetic_prompts(n, rng):
-    return [TOK.encode("S" + "".join(map(str, rng.integers(0, 10, 3))) + ":") for _ in range(n)]
+def synthetic_prompts(n, rng, tok=TOK):
+    return [prompt_ids(tok, "S" + "".join(map(str, rng.integers(0, 10, 3))) + ":")
+            for _ in range(n)]
 
 
-def load_jsonl(paths, e: PairExpCfg):
+def load_jsonl(paths, e: PairExpCfg, tok=TOK):
     import glob
     rows = []
     for pat in paths:
@@ -105,12 +107,12 @@ def load_jsonl(paths, e: PairExpCfg):
                 rows += [json.loads(line) for line in fh if line.strip()]
     if not rows:
         raise ConfigError(f"data.paths={paths} holds no JSONL {{prompt, chosen, rejected}} rows")
-    enc = lambda s, n: TOK.encode(s)[:n]  # noqa: E731
-    return [(enc(r["prompt"], e.max_prompt), enc(r["chosen"], e.max_completion),
+    enc = lambda s, n: tok.encode(s)[:n]  # noqa: E731
+    return [(prompt_ids(tok, r["prompt"])[: e.max_prompt], enc(r["chosen"], e.max_completion),
              enc(r["rejected"], e.max_completion)) for r in rows]
 
 
-def sft(cfg, prompts, completions, S, cache: str | None = None):
+def sft(cfg, prompts, completions, S, cache: str | None = None, tok=TOK):
     """The SFT reference (graphdef, params); cached in ``cache`` (.npz) so a rerun reuses it."""
     scfg = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, loss="xent", steps=cfg.exp.sft_steps, batch_size=64),
@@ -118,7 +120,7 @@ def sft(cfg, prompts, completions, S, cache: str | None = None):
     setup = build(scfg)
     if cache and os.path.exists(cache):
         return setup.graphdef, load_params_npz(cache, jax.device_get(setup.state["params"]))
-    toks, mask = pack(prompts, completions, S + 1)
+    toks, mask = pack(prompts, completions, S + 1, tok)
     rng, state = np.random.default_rng(cfg.train.seed), setup.state
     for _ in range(cfg.exp.sft_steps):
         idx = rng.integers(0, len(toks), 64)
@@ -131,16 +133,16 @@ def sft(cfg, prompts, completions, S, cache: str | None = None):
     return setup.graphdef, params
 
 
-def sample(gd, params, prompts, n_new, seed):
+def sample(gd, params, prompts, n_new, seed, tok=TOK):
     P = max(len(p) for p in prompts)
-    x = np.full((len(prompts), P), TOK.pad_id, np.int32)
+    x = np.full((len(prompts), P), tok.pad_id, np.int32)
     for i, p in enumerate(prompts):
         x[i, : len(p)] = p
     lens = np.array([len(p) for p in prompts], np.int32)
     out = generate(gd, params, x, lens, SampleCfg(max_new_tokens=n_new, temperature=1.0,
-                                                  eos_id=TOK.eos_id, pad_id=TOK.pad_id),
+                                                  eos_id=tok.eos_id, pad_id=tok.pad_id),
                    jax.random.key(seed))
-    seq, mask = splice(x, lens, out["tokens_BxT"], out["mask_BxT"], TOK.pad_id)
+    seq, mask = splice(x, lens, out["tokens_BxT"], out["mask_BxT"], tok.pad_id)
     comps = [t[: int(n)] for t, n in zip(np.asarray(out["tokens_BxT"]),
                                          np.asarray(out["lengths_B"]))]
     return np.asarray(seq), np.asarray(mask, np.float32), comps
@@ -162,10 +164,10 @@ def distinct2(comps) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
-def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward):
-    seq, mask, comps = sample(gd, params, eval_prompts, e.comp_len + 1, 1000 + step)
+def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward, tok=TOK):
+    seq, mask, comps = sample(gd, params, eval_prompts, e.comp_len + 1, 1000 + step, tok)
     kl, ent = _kl_entropy((gd, params), ref, jnp.asarray(seq), jnp.asarray(mask))
-    texts = [TOK.decode(c) for c in comps]
+    texts = [tok.decode(c) for c in comps]
     ct, cm, rt, rm = eval_pairs
     toks = jnp.asarray(np.concatenate([ct, rt]))
     lr = np.asarray(pref_logps(gd, params, toks) - pref_logps(gd, ref, toks))
@@ -180,12 +182,12 @@ def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward):
     return out
 
 
-def make_pairs(gd, ref, prompts, e, seed):
+def make_pairs(gd, ref, prompts, e, seed, tok=TOK):
     """Two reference samples per prompt, chosen = higher sorted fraction, ties dropped."""
-    _, _, comps = sample(gd, ref, prompts + prompts, e.comp_len + 1, seed)
+    _, _, comps = sample(gd, ref, prompts + prompts, e.comp_len + 1, seed, tok)
     n = len(prompts)
-    score = RW.sorted_fraction([TOK.decode(c) for c in comps])
-    strip = lambda c: c[c != TOK.eos_id]  # noqa: E731
+    score = RW.sorted_fraction([tok.decode(c) for c in comps])
+    strip = lambda c: c[c != tok.eos_id]  # noqa: E731
     out = []
     for i in range(n):
         a, b = score[i], score[i + n]
@@ -202,29 +204,30 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
         if getattr(get_loss(m), "kind", None) != "preference":
             raise ConfigError(f"exp.methods: {m!r} is not a registered preference loss")
     prepare_run_dir(workdir, cfg)
+    tok = run_tokenizer(cfg.model, TOK)  # the checkpoint's with model.init_from
     ref_cache = os.path.join(workdir, "reference.npz")
     rng = np.random.default_rng(cfg.train.seed)
     S = cfg.train.seq_len
     if cfg.data.paths:
-        triples = load_jsonl(cfg.data.paths, e)
-        gd, ref = sft(cfg, [t[0] for t in triples], [t[1] for t in triples], S, ref_cache)
+        triples = load_jsonl(cfg.data.paths, e, tok)
+        gd, ref = sft(cfg, [t[0] for t in triples], [t[1] for t in triples], S, ref_cache,
+                      tok)
         has_reward = False
     else:
-        prompts = synthetic_prompts(e.n_prompts, rng)
-        comps = [np.array([ord("0") + d for d in rng.integers(0, 10, e.comp_len)], np.int32)
-                 for _ in prompts]
-        gd, ref = sft(cfg, prompts, comps, S, ref_cache)
-        triples = make_pairs(gd, ref, prompts, e, seed=1)
+        prompts = synthetic_prompts(e.n_prompts, rng, tok)
+        comps = [tok.encode("".join(map(str, rng.integers(0, 10, e.comp_len)))) for _ in prompts]
+        gd, ref = sft(cfg, prompts, comps, S, ref_cache, tok)
+        triples = make_pairs(gd, ref, prompts, e, seed=1, tok=tok)
         has_reward = True
     n_eval = min(e.n_eval_pairs, len(triples) // 4)
     ev_t, tr_t = triples[:n_eval], triples[n_eval:]
-    ct, cm = pack([t[0] for t in ev_t], [t[1] for t in ev_t], S)
-    rt, rm = pack([t[0] for t in ev_t], [t[2] for t in ev_t], S)
+    ct, cm = pack([t[0] for t in ev_t], [t[1] for t in ev_t], S, tok)
+    rt, rm = pack([t[0] for t in ev_t], [t[2] for t in ev_t], S, tok)
     eval_pairs = (ct, cm, rt, rm)
     eval_prompts = [t[0] for t in ev_t][: e.n_eval_samples]
     print(f"{len(tr_t)} train pairs, {n_eval} held-out pairs", flush=True)
     records = {}
-    base = evaluate(gd, ref, ref, eval_prompts, eval_pairs, e, 0, has_reward)
+    base = evaluate(gd, ref, ref, eval_prompts, eval_pairs, e, 0, has_reward, tok)
     for m in e.methods:
         mcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=m))
         setup = build(mcfg, loss_state={"ref_params": ref})
@@ -245,15 +248,15 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
             prng.integers(0, len(tr_t), B)
         for step in range(start, cfg.train.steps):
             idx = prng.integers(0, len(tr_t), B)
-            c_t, c_m = pack([tr_t[i][0] for i in idx], [tr_t[i][1] for i in idx], S)
-            r_t, r_m = pack([tr_t[i][0] for i in idx], [tr_t[i][2] for i in idx], S)
+            c_t, c_m = pack([tr_t[i][0] for i in idx], [tr_t[i][1] for i in idx], S, tok)
+            r_t, r_m = pack([tr_t[i][0] for i in idx], [tr_t[i][2] for i in idx], S, tok)
             b = sh.shard_batch({"chosen_tokens": c_t, "chosen_mask": c_m,
                                 "rejected_tokens": r_t, "rejected_mask": r_m}, setup.mesh)
             state, met = setup.train_step(state, b)
             recs.append({"step": step + 1, "split": "train", **to_host(met)})
             if (step + 1) % e.eval_every == 0 or step + 1 == cfg.train.steps:
                 ev = evaluate(gd, jax.device_get(state["params"]), ref, eval_prompts,
-                              eval_pairs, e, step + 1, has_reward)
+                              eval_pairs, e, step + 1, has_reward, tok)
                 recs.append({"step": step + 1, "split": "eval", **ev})
                 print(f"[{m}] step {step + 1}: " + " ".join(f"{k} {v:.3f}"
                                                             for k, v in ev.items()), flush=True)

@@ -66,6 +66,9 @@ class ModelCfg:
     embed_scale: bool = False  # multiply embeddings by sqrt(d_model) in compute dtype (Gemma)
     sliding_window: int = 0  # 0 = full causal; W: a query sees its last W positions (Mistral)
     final_logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap) (Gemma 2)
+    # a Hugging Face checkpoint dir or a run dir to start from; its architecture replaces the
+    # fields above (lm/pretrained.py); "" = random init
+    init_from: str = ""
 
     CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
                "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES),

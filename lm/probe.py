@@ -1,6 +1,7 @@
 """Per-layer matrix-based entropy of a saved run's checkpoint on held-out data.
 
     python -m lm.probe --workdir runs/gapt_lm_tiny/gapt_s0 [--step N] [--batches 4]
+    python -m lm.probe --workdir path/to/hf_checkpoint          # a Hugging Face checkpoint
 
 or ``from lm.probe import probe; probe("runs/...")``. Rebuilds the model from the run's
 ``config.json``, restores the checkpoint (latest, or ``--step``) and, on the run's validation
@@ -108,8 +109,50 @@ def _n_hidden(params) -> int:
     return 1 + sum(1 for k in params if k.startswith("block_"))
 
 
-def probe(workdir: str, step: int | None = None, batches: int = 4, plot: bool = True) -> dict:
+def pretrained_batches(tok, text: str, *, batch_size: int, seq_len: int, max_batches: int):
+    """Held-out batches for a checkpoint: ``text`` in the checkpoint's own tokens, cut into
+    consecutive ``seq_len + 1`` windows (no padding; every position counts)."""
+    ids = np.asarray(tok.encode(text, add_special_tokens=False), np.int32)
+    n = min(len(ids) // (seq_len + 1) // batch_size, max_batches)
+    if n < 1:
+        raise ConfigError(f"probe: {len(ids)} tokens of text do not fill one batch of "
+                          f"{batch_size} x {seq_len + 1}")
+    w = ids[: n * batch_size * (seq_len + 1)].reshape(n, batch_size, seq_len + 1)
+    return [{"inputs": b[:, :-1], "targets": b[:, 1:],
+             "mask": np.ones((batch_size, seq_len), np.float32)} for b in w]
+
+
+def probe_pretrained(path: str, batches: int = 4, *, batch_size: int = 8, seq_len: int = 128,
+                     patch_size: int = 8, text: str | None = None) -> dict:
+    """Per-layer MBE of a Hugging Face checkpoint (``lm.hf.load``) on ``text`` (default: the
+    last books of the embedded KJV corpus) in its own tokenizer."""
+    from flax import nnx
+
     from lm import data as data_lib
+    from lm import hf
+    from lm.model import GPT
+    from tokenization.hf import HFTokenizer
+
+    mcfg, params = hf.load(path, dtype="float32")
+    graphdef = nnx.split(nnx.eval_shape(lambda: GPT(mcfg, rngs=nnx.Rngs(0))))[0]
+    if text is None:
+        with open(data_lib.prepare_corpus(data_lib.DataCfg())) as fh:
+            text = fh.read()[-400_000:]
+    seq_len = min(seq_len, mcfg.max_len)
+    host = pretrained_batches(HFTokenizer.load(path), text, batch_size=batch_size,
+                              seq_len=seq_len, max_batches=batches)
+    out = layer_entropies(graphdef, params, host, patch_size)
+    out.update(step=0, workdir=path, tokens=int(sum(b["mask"].sum() for b in host)))
+    return out
+
+
+def probe(workdir: str, step: int | None = None, batches: int = 4, plot: bool = True) -> dict:
+    """Probe a run directory (writes probe.json/png there) or a Hugging Face checkpoint
+    directory (nothing written into it; see ``probe_pretrained``)."""
+    from lm import data as data_lib
+    from lm.pretrained import source_kind
+    if source_kind(workdir) == "hf":
+        return probe_pretrained(workdir, batches)
     cfg = load_run_config(workdir)
     setup, params, step = restore_params(workdir, cfg, step)
     host = data_lib.make_eval_batches(cfg.data, batch_size=cfg.train.batch_size,
@@ -167,7 +210,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(out))
-    print(f"step {out['step']}, {out['tokens']} tokens; wrote {a.workdir}/probe.json, probe.png")
+    from lm.pretrained import source_kind
+    wrote = (f"; wrote {a.workdir}/probe.json, probe.png" if source_kind(a.workdir) == "run"
+             else " (checkpoint directory left untouched)")
+    print(f"step {out['step']}, {out['tokens']} tokens{wrote}")
     return 0
 
 

@@ -33,7 +33,8 @@ from lm.losses import bind
 class SampleCfg:
     """How to sample. ``temperature=0`` is greedy; ``top_k=0`` and ``top_p=1.0`` switch those off.
 
-    With ``eos_id`` set, a row stops after emitting it: later tokens are ``pad_id`` with mask 0.
+    With ``eos_id`` set, a row stops after emitting it (or any of ``stop_ids``): later tokens are
+    ``pad_id`` with mask 0.
     The filters apply in the order temperature, top-k, top-p (as in HF ``generate``)."""
 
     max_new_tokens: int = 32
@@ -42,6 +43,7 @@ class SampleCfg:
     top_p: float = 1.0
     eos_id: int | None = None
     pad_id: int = 0
+    stop_ids: tuple[int, ...] = ()  # more ids that end a row like eos_id (Llama 3's eot ids)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -152,8 +154,8 @@ def _generate(model, params, prompt_BxP: jax.Array, prompt_len_B: jax.Array, cfg
             col["logits_BxTxV"] = logits_BxV
         bufs = {k: jax.lax.dynamic_update_index_in_dim(v, col[k], t, axis=1)
                 for k, v in bufs.items()}
-        if cfg.eos_id is not None:
-            done_B = done_B | (tok_B == cfg.eos_id)
+        for stop in ((cfg.eos_id,) if cfg.eos_id is not None else ()) + tuple(cfg.stop_ids):
+            done_B = done_B | (tok_B == stop)
         return tok_B, done_B, bufs
 
     tok_B, done_B, bufs = emit(0, logits_BxV, jnp.zeros((B,), jnp.bool_), bufs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from lm import pretrained
 from lm.config import Config
 from lm.sharding import ConfigError
 
@@ -36,6 +37,9 @@ def validate(cfg: Config, n_devices: int):
                           f"model.max_len={cfg.model.max_len}; allowed: 1..{cfg.model.max_len}")
     if tr.seq_len < 1 or tr.steps < 1 or tr.batch_size < 1:
         raise ConfigError("train.seq_len, train.steps and train.batch_size must be >= 1")
+    if cfg.opt.warmup > tr.steps:
+        raise ConfigError(f"opt.warmup={cfg.opt.warmup} exceeds train.steps={tr.steps}: the "
+                          f"learning rate would never reach opt.lr; allowed: 0..{tr.steps}")
     get_loss(tr.loss)
     data_lib.validate(cfg.data)
 
@@ -65,12 +69,17 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
     from lm.optim import make_optimizer
     from lm.train import init_state, make_eval_step, make_train_step, state_shardings
 
+    cfg = pretrained.resolve(cfg)  # model.init_from: the architecture is the checkpoint's
     mesh = mesh or sh.make_mesh(cfg.mesh)
     loss_fn = loss_fn or get_loss(cfg.train.loss)
     if loss_state is None and hasattr(loss_fn, "init_state"):  # stateful losses (lm.ib)
         loss_state = loss_fn.init_state(cfg)
     seed = cfg.train.seed
-    graphdef, params, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)), mesh)
+    model_fn = lambda: GPT(cfg.model, rngs=nnx.Rngs(seed))  # noqa: E731
+    if cfg.model.init_from:
+        graphdef, params, p_shard = _pretrained_params(cfg.model, model_fn, mesh)
+    else:
+        graphdef, params, p_shard = sh.init_params(model_fn, mesh)
     tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
     shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, loss_state), params)
     s_shard = state_shardings(shapes, p_shard, mesh)
@@ -82,6 +91,23 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
     return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
 
 
+def _pretrained_params(model, model_fn, mesh):
+    """(graphdef, params, shardings) with the params read from ``model.init_from`` straight
+    onto their shardings; params the checkpoint lacks (a fresh DLR router) are initialised."""
+    from lm import sharding as sh
+
+    graphdef, shapes, p_shard = sh.abstract_params(model_fn, mesh)
+    params = pretrained.load_params(model, mesh, shapes, p_shard)
+    missing = sorted(set(shapes) - set(params))
+    if missing:
+        if any(k != "dlr" for k in missing):
+            raise ConfigError(f"model.init_from={model.init_from} lacks the parameters "
+                              f"{missing}; only a DLR router (model.dlr) may start fresh")
+        _, fresh, _ = sh.init_params(model_fn, mesh)
+        params = {**params, **{k: fresh[k] for k in missing}}
+    return graphdef, {k: params[k] for k in shapes}, p_shard
+
+
 def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0) -> str:
     """Greedy-free (temperature 0.8, top-k 40) continuation of ``prompt`` with the KV cache."""
     import jax
@@ -90,8 +116,8 @@ def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0)
     from lm.sample import SampleCfg, generate
     from tokenization.bytes import ByteTokenizer
 
-    tok = ByteTokenizer()
-    ids = tok.encode(prompt)
+    tok = pretrained.run_tokenizer(setup.cfg.model, ByteTokenizer())
+    ids = pretrained.prompt_ids(tok, prompt)
     max_len = setup.cfg.model.max_len
     n_tokens = min(n_tokens, max_len - len(ids))
     if n_tokens <= 0:

@@ -123,18 +123,25 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, fit_spec(logical_to_spec(names), x.shape, mesh))
 
 
-def init_params(model_fn, mesh, rules=None):
-    """Build a model abstractly, then materialise its params sharded on ``mesh``.
-
-    ``model_fn()`` builds an ``nnx.Module`` (e.g. ``lambda: GPT(cfg, rngs=nnx.Rngs(0))``).
-    Returns ``(graphdef, params, shardings)`` with ``params`` a pure dict of sharded arrays.
-    """
+def abstract_params(model_fn, mesh, rules=None):
+    """``(graphdef, shapes, shardings)`` of ``model_fn()``'s params, nothing allocated: the
+    pure dicts of ``ShapeDtypeStruct``s and of ``NamedSharding``s by the rules."""
     abs_model = nnx.eval_shape(model_fn)
     graphdef, abs_state = nnx.split(abs_model, nnx.Param)
     specs = param_specs(abs_state, rules)
     shapes = nnx.to_pure_dict(abs_state)
     shardings = jax.tree.map(lambda s, a: NamedSharding(mesh, fit_spec(s, a.shape, mesh)),
                              specs, shapes, is_leaf=lambda x: isinstance(x, P))
+    return graphdef, shapes, shardings
+
+
+def init_params(model_fn, mesh, rules=None):
+    """Build a model abstractly, then materialise its params sharded on ``mesh``.
+
+    ``model_fn()`` builds an ``nnx.Module`` (e.g. ``lambda: GPT(cfg, rngs=nnx.Rngs(0))``).
+    Returns ``(graphdef, params, shardings)`` with ``params`` a pure dict of sharded arrays.
+    """
+    graphdef, _, shardings = abstract_params(model_fn, mesh, rules)
 
     def init():
         return nnx.to_pure_dict(nnx.state(model_fn(), nnx.Param))

@@ -174,6 +174,11 @@ def test_eos_stops_row_and_masks_rest():
     first = SampleCfg(max_new_tokens=T, temperature=0.0, eos_id=int(free["tokens_BxT"][0, 0]))
     one = jax.device_get(generate(graphdef, params, PROMPT_BxP[:1], PROMPT_LEN_B[:1], first))
     np.testing.assert_array_equal(one["mask_BxT"][0], np.arange(T) < 1)
+    # stop_ids end a row like eos_id (several eos ids, e.g. Llama 3's): the first of any wins
+    t0, t2 = int(free["tokens_BxT"][1, 0]), int(free["tokens_BxT"][1, 2])
+    both = SampleCfg(max_new_tokens=T, temperature=0.0, eos_id=t2, stop_ids=(t0,))
+    row = jax.device_get(generate(graphdef, params, PROMPT_BxP[1:2], PROMPT_LEN_B[1:2], both))
+    assert int(row["lengths_B"][0]) == 1
 
 
 def test_logps_match_full_forward_and_jit_matches_eager():

@@ -75,13 +75,10 @@ def cmd_sample(args) -> int:
     out = generate(hf.graphdef(cfg), params, jnp.asarray([ids], jnp.int32),
                    jnp.asarray([len(ids)]),
                    SampleCfg(max_new_tokens=n, temperature=args.temperature,
-                             eos_id=eos[0] if len(eos) == 1 else None),
+                             eos_id=eos[0] if eos else None, stop_ids=tuple(eos[1:])),
                    jax.random.key(args.seed))
-    new = [int(t) for t, m in zip(out["tokens_BxT"][0], out["mask_BxT"][0]) if m]
-    for i, t in enumerate(new):  # several eos ids (Llama 3): stop at the first of any
-        if t in tok.eos_ids:
-            new = new[:i]
-            break
+    new = [int(t) for t, m in zip(out["tokens_BxT"][0], out["mask_BxT"][0])
+           if m and int(t) not in tok.eos_ids]  # sampling stopped at the first eos of any kind
     print(tok.decode(new, skip_special_tokens=True))
     return 0
 

@@ -1,0 +1,94 @@
+"""``model.init_from``: experiments start from a Hugging Face checkpoint (a tiny random Qwen3 with
+its own byte-level BPE tokenizer, built here with transformers; nothing is downloaded) or from a
+run directory of this codebase; contradicting overrides are refused; ``lm.probe`` reads it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.base import main
+from lm import pretrained
+from lm.config import Config, override
+from lm.sharding import ConfigError
+
+CORPUS = [f"{a}+{b}={a + b} {a}-{b}={a - b} S{a}{b}:0123456789 sorted" for a in range(40)
+          for b in range(0, 40, 7)]
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    """A random 2-layer Qwen3 (GQA 4/2 heads, head_dim 16, tied) + BPE tokenizer, saved as HF."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out = tmp_path_factory.mktemp("qwen3")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                               pad_token="<|endoftext|>")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(
+        vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=128, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)
+    transformers.Qwen3ForCausalLM(cfg).save_pretrained(out)
+    return str(out)
+
+
+def test_resolve_takes_the_architecture_and_refuses_contradicting_overrides(qwen3_dir):
+    cfg = override(Config(), [f"model.init_from={qwen3_dir}", "model.dtype=float32"])
+    got = pretrained.resolve(cfg, set_keys=["model.init_from", "model.dtype"])
+    assert (got.model.d_model, got.model.n_layers, got.model.n_kv_heads) == (32, 2, 2)
+    assert got.model.qk_norm and got.model.init_from == qwen3_dir
+    assert pretrained.resolve(got) == got  # idempotent (lm.setup.build resolves again)
+    bad = override(cfg, ["model.d_model=64", "model.n_layers=2"])
+    with pytest.raises(ConfigError, match=r"model\.d_model=64 \(checkpoint: 32\)") as e:
+        pretrained.resolve(bad, set_keys=["model.d_model", "model.n_layers"])
+    assert "n_layers" not in str(e.value)  # agrees with the checkpoint: not a contradiction
+    with pytest.raises(ConfigError, match="no config.json"):
+        pretrained.resolve(override(Config(), ["model.init_from=/nonexistent/dir"]))
+
+
+def test_checkpoint_tokenizer_frames_prompts_and_stops_on_eos(qwen3_dir):
+    tok = pretrained.tokenizer_for(override(Config(), [f"model.init_from={qwen3_dir}"]).model)
+    ids = tok.encode("12+7=", add_eos=True)
+    assert ids[-1] == tok.eos_id and tok.decode(ids) == "12+7="
+
+
+@pytest.mark.slow
+def test_tdpo_and_grpo_start_from_a_pretrained_qwen3(qwen3_dir, tmp_path, capsys):
+    from experiments import grpo_arithmetic as G
+    from experiments import tdpo_pairs as T
+    rc = main(T.PRESETS, T.run, argv=[
+        "--workdir", str(tmp_path / "t"), "--set", f"model.init_from={qwen3_dir}",
+        "exp.sft_steps=2", "train.steps=2", "exp.methods=tdpo2", "exp.n_prompts=32",
+        "exp.eval_every=2", f"exp.results_dir={tmp_path / 'tres'}", "train.batch_size=8"])
+    assert rc == 0
+    run_cfg = json.load(open(tmp_path / "t" / "config.json"))
+    assert run_cfg["model"]["init_from"] == qwen3_dir and run_cfg["model"]["d_model"] == 32
+    rows = [json.loads(x) for x in open(tmp_path / "tres" / "metrics.jsonl")]
+    assert {r["method"] for r in rows} == {"reference", "tdpo2"}
+    rc = main(G.PRESETS, G.run, argv=[
+        "--workdir", str(tmp_path / "g"), "--set", f"model.init_from={qwen3_dir}",
+        "exp.sft_steps=0", "train.steps=2", "exp.methods=grpo", "exp.eval_n=8",
+        f"exp.results_dir={tmp_path / 'gres'}", "rl.prompts_per_step=4", "rl.group_size=2"])
+    assert rc == 0 and (tmp_path / "gres" / "metrics.jsonl").exists()
+    rc = main(G.PRESETS, G.run, argv=[
+        "--workdir", str(tmp_path / "g2"), "--set", f"model.init_from={qwen3_dir}",
+        "model.n_heads=8"])
+    assert rc == 2 and "model.n_heads=8 (checkpoint: 4)" in capsys.readouterr().err
+
+
+def test_probe_reads_a_pretrained_checkpoint(qwen3_dir):
+    from lm.probe import probe
+    out = probe(qwen3_dir, batches=1)
+    assert len(out["patch_mbe"]) == 3 and out["tokens"] > 0  # embedding + 2 blocks
+    assert all(np.isfinite(out["global_mbe"]))
