@@ -92,3 +92,15 @@ def test_probe_reads_a_pretrained_checkpoint(qwen3_dir):
     out = probe(qwen3_dir, batches=1)
     assert len(out["patch_mbe"]) == 3 and out["tokens"] > 0  # embedding + 2 blocks
     assert all(np.isfinite(out["global_mbe"]))
+
+
+def test_a_run_dir_from_before_a_new_config_key_still_resumes(tmp_path):
+    from experiments.base import prepare_run_dir
+    from lm.config import to_dict
+    cfg = Config()
+    old = to_dict(cfg)
+    del old["model"]["init_from"]  # written by code that did not have the key yet
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert prepare_run_dir(str(tmp_path), cfg)  # resumes: the new key holds its default
+    with pytest.raises(ConfigError, match=r"differs at model\.init_from"):
+        prepare_run_dir(str(tmp_path), override(cfg, ["model.init_from=/some/dir"]))
