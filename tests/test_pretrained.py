@@ -2,6 +2,7 @@
 its own byte-level BPE tokenizer, built here with transformers; nothing is downloaded) or from a
 run directory of this codebase; contradicting overrides are refused; ``lm.probe`` reads it."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,35 +13,8 @@ from lm import pretrained
 from lm.config import Config, override
 from lm.sharding import ConfigError
 
-CORPUS = [f"{a}+{b}={a + b} {a}-{b}={a - b} S{a}{b}:0123456789 sorted" for a in range(40)
-          for b in range(0, 40, 7)]
-
-
-@pytest.fixture(scope="module")
-def qwen3_dir(tmp_path_factory):
-    """A random 2-layer Qwen3 (GQA 4/2 heads, head_dim 16, tied) + BPE tokenizer, saved as HF."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    out = tmp_path_factory.mktemp("qwen3")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
-                                               pad_token="<|endoftext|>")
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = transformers.Qwen3Config(
-        vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        max_position_embeddings=128, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id)
-    transformers.Qwen3ForCausalLM(cfg).save_pretrained(out)
-    return str(out)
+# qwen3_dir (tests/conftest.py): a random 2-layer Qwen3 (GQA 4/2 heads, head_dim 16, tied) with its
+# own byte-level BPE tokenizer and a ChatML chat template (tests.helpers.make_tiny_qwen3)
 
 
 def test_resolve_takes_the_architecture_and_refuses_contradicting_overrides(qwen3_dir):
@@ -104,3 +78,24 @@ def test_a_run_dir_from_before_a_new_config_key_still_resumes(tmp_path):
     assert prepare_run_dir(str(tmp_path), cfg)  # resumes: the new key holds its default
     with pytest.raises(ConfigError, match=r"differs at model\.init_from"):
         prepare_run_dir(str(tmp_path), override(cfg, ["model.init_from=/some/dir"]))
+
+
+def test_init_from_a_run_dir_starts_from_its_latest_checkpoint(tmp_path):
+    import jax
+
+    from experiments.base import train
+    from lm.setup import build
+    from tests.helpers import TINY
+    tiny = dataclasses.replace(TINY, vocab_size=264)  # the byte corpus' ids
+    run = override(Config(model=tiny), [
+        "data.source=synthetic", "train.steps=2", "train.batch_size=8", "train.seq_len=16",
+        "train.eval_every=2", "train.ckpt_every=1", "run.sample_tokens=0", "run.progress=false",
+        "opt.warmup=0"])
+    out = train(run, str(tmp_path / "r"))
+    trained = jax.device_get(out["state"]["params"])
+    # the preset's own architecture is replaced by the run's (here: a wider default model)
+    cfg = pretrained.resolve(override(Config(), [f"model.init_from={tmp_path / 'r'}"]))
+    assert cfg.model.d_model == TINY.d_model and cfg.model.n_layers == TINY.n_layers
+    loaded = jax.device_get(build(cfg).state["params"])
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(a, b)
