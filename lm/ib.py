@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 
 from lm import info
-from lm.losses import bind, xent_from_logits
+from lm.losses import bind, packed_kwargs, xent_from_logits
 from lm.sharding import ConfigError
 
 LAYER_MODES = ("rotate", "all_middle", "rotate_accum", "progressive", "weighted_valley",
@@ -199,7 +199,8 @@ def layer_mbe(hiddens, cfg: IBCfg) -> jax.Array:
 def _ce_and_mbe(params, batch, model, rng, cfg, micro):
     """Forward once: (ce, aux pairs, reg = masked mean MBE, mbe_L)."""
     ib = cfg.ib
-    logits_BxLxV, hiddens = bind(model, params)(batch["inputs"], rng=rng, return_hidden=True)
+    logits_BxLxV, hiddens = bind(model, params)(batch["inputs"], rng=rng, return_hidden=True,
+                                                  **packed_kwargs(batch))
     mask_BxL = batch.get("mask", jnp.ones(batch["targets"].shape, jnp.float32))
     ce, aux = xent_from_logits(logits_BxLxV, batch["targets"], mask_BxL, cfg.train.z_loss)
     if ib.beta == 0:  # measured only: no MBE path in the backward pass (β=0 is exactly CE)
@@ -261,7 +262,7 @@ def gapt(params, batch, *, model, rng, cfg):
 
 def xent_l2(params, batch, *, model, rng, cfg):
     """CE + ib.l2 · ‖θ‖₂ (the reference's L2 arm)."""
-    logits_BxLxV = bind(model, params)(batch["inputs"], rng=rng)
+    logits_BxLxV = bind(model, params)(batch["inputs"], rng=rng, **packed_kwargs(batch))
     mask_BxL = batch.get("mask", jnp.ones(batch["targets"].shape, jnp.float32))
     ce, aux = xent_from_logits(logits_BxLxV, batch["targets"], mask_BxL, cfg.train.z_loss)
     extra = cfg.ib.l2 * optax.tree.norm(params)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from lm import attention as attn_lib
+from lm.remat import ATTN_OUT
 from lm.sharding import constrain
 
 Array = jax.Array
@@ -178,10 +181,15 @@ class Attention(nnx.Module):
             out.append(constrain(y.reshape(B, L, n, H), ("batch", "length", name, None)))
         return out
 
-    def __call__(self, x_BxLxD: Array, pos_BxL: Array, kv_cache=None, index=None):
+    def __call__(self, x_BxLxD: Array, pos_BxL: Array, kv_cache=None, index=None,
+                 segment_ids_BxL: Array | None = None):
         """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxSxKxH, v_BxSxKxH) the new keys are
-        written at ``index`` and queries attend to cache positions ``<= their own position``
-        (and ``> position - sliding_window`` when a window is set)."""
+        written at ``index`` and queries attend to cache slots ``<= index + their offset`` (and
+        ``> ... - sliding_window`` when a window is set). ``segment_ids_BxL`` (packing): keys of
+        other segments are masked; with a cache, it needs the segment slot of
+        ``GPT.init_cache(..., segments=True)`` = (k, v, seg_BxS). ``pos_BxL`` only feeds rotary
+        (per-document positions when packed). Kernels: ``lm.attention``
+        (``model.attention``)."""
         cfg, dt = self.cfg, self.cfg.dtype_
         D, N, H, W = cfg.d_model, cfg.n_heads, cfg.head_dim_, cfg.sliding_window
         B, L = x_BxLxD.shape[:2]
@@ -192,22 +200,27 @@ class Attention(nnx.Module):
             q_BxLxNxH = rotary(q_BxLxNxH, pos_BxL, cfg.rope_base, cfg.rope_scaling)
             k_BxLxKxH = rotary(k_BxLxKxH, pos_BxL, cfg.rope_base, cfg.rope_scaling)
         if kv_cache is None:
-            window = {"local_window_size": (W - 1, 0)} if W else {}
-            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH,
-                                                     is_causal=True, **window)
+            o_BxLxNxH = attn_lib.self_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH,
+                                                attention=cfg.attention,
+                                                segment_ids_BxT=segment_ids_BxL, window=W)
             new_kv = None
         else:
-            k_BxSxKxH, v_BxSxKxH = kv_cache
+            k_BxSxKxH, v_BxSxKxH, *seg = kv_cache
+            if (segment_ids_BxL is None) != (not seg):
+                raise ValueError("segment ids and a KV cache go together: pass segment_ids_BxL "
+                                 "with a GPT.init_cache(..., segments=True) cache, or neither")
             k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(k_BxSxKxH, k_BxLxKxH, index, axis=1)
             v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(v_BxSxKxH, v_BxLxKxH, index, axis=1)
-            S = k_BxSxKxH.shape[1]
-            key_11S = jnp.arange(S)[None, None, :]
-            mask_BxLxS = key_11S <= pos_BxL[:, :, None]
-            if W:
-                mask_BxLxS = mask_BxLxS & (key_11S > pos_BxL[:, :, None] - W)
-            o_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH,
-                                                     mask=mask_BxLxS[:, None])
-            new_kv = (k_BxSxKxH, v_BxSxKxH)
+            slot_BxL = jnp.broadcast_to(index + jnp.arange(L), (B, L))
+            seg_k = {}
+            if seg:
+                seg_BxS = jax.lax.dynamic_update_slice_in_dim(
+                    seg[0], segment_ids_BxL.astype(seg[0].dtype), index, axis=1)
+                seg_k = {"seg_q_BxL": segment_ids_BxL, "seg_k_BxS": seg_BxS}
+            o_BxLxNxH = attn_lib.cached(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, slot_BxL, window=W,
+                                        **seg_k)
+            new_kv = (k_BxSxKxH, v_BxSxKxH) + ((seg_k["seg_k_BxS"],) if seg else ())
+        o_BxLxNxH = checkpoint_name(o_BxLxNxH, ATTN_OUT)  # kept by model.remat=attn_out
         w_NHxD = self.out_NxHxD[...].astype(dt).reshape(N * H, D)
         y_BLxD = o_BxLxNxH.reshape(B * L, N * H) @ w_NHxD
         if cfg.out_bias:
@@ -263,9 +276,11 @@ class Block(nnx.Module):
         self.norm2 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs, **kw)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_BxLxD, pos_BxL, rng=None, kv_cache=None, index=None):
+    def __call__(self, x_BxLxD, pos_BxL, rng=None, kv_cache=None, index=None,
+                 segment_ids_BxL=None):
         r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
-        a_BxLxD, new_kv = self.attn(self.norm1(x_BxLxD), pos_BxL, kv_cache, index)
+        a_BxLxD, new_kv = self.attn(self.norm1(x_BxLxD), pos_BxL, kv_cache, index,
+                                    segment_ids_BxL)
         x_BxLxD = x_BxLxD + dropout(a_BxLxD, self.cfg.dropout, r1)
         x_BxLxD = x_BxLxD + dropout(self.mlp(self.norm2(x_BxLxD)), self.cfg.dropout, r2)
         return x_BxLxD, new_kv

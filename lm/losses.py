@@ -14,7 +14,9 @@ Contract (every loss in this codebase):
   ``aux["loss_state"]`` (not a pair); the train step keeps it in the train state.
 
 Variants are other functions or ``functools.partial``s; no config branching inside a loss.
-Batches for LM losses: ``inputs`` [B, L] int32, ``targets`` [B, L] int32, ``mask`` [B, L] float.
+Batches for LM losses: ``inputs`` [B, L] int32, ``targets`` [B, L] int32, ``mask`` [B, L] float;
+document-packed batches (``data.packing="document"``, ``lm.packing``) also carry ``segment_ids``
+and ``positions`` [B, L] int32, which ``packed_kwargs`` hands to the model.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def bind(model, params):
     if isinstance(model, nnx.Module):
         model = nnx.graphdef(model)
     return nnx.merge(model, nnx.State(params))
+
+
+def packed_kwargs(batch) -> dict:
+    """``positions_BxL`` / ``segment_ids_BxL`` model arguments of a packed batch ({} if none)."""
+    return {f"{k}_BxL": batch[k] for k in ("positions", "segment_ids") if k in batch}
 
 
 def token_nll(logits_BxLxV: jax.Array, targets_BxL: jax.Array):
@@ -64,7 +71,7 @@ def xent_from_logits(logits_BxLxV, targets_BxL, mask_BxL, z_loss: float = 0.0):
 def xent(params, batch, *, model, rng, cfg):
     """Next-token cross-entropy with label mask and ``cfg.train.z_loss``."""
     m = bind(model, params)
-    logits_BxLxV = m(batch["inputs"], rng=rng)
+    logits_BxLxV = m(batch["inputs"], rng=rng, **packed_kwargs(batch))
     mask_BxL = batch.get("mask", jnp.ones(batch["targets"].shape, jnp.float32))
     return xent_from_logits(logits_BxLxV, batch["targets"], mask_BxL, cfg.train.z_loss)
 

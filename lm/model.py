@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm import attention as attn_lib
+from lm import remat as remat_lib
 from lm.layers import Block, Norm, dropout, param, parse_rope_scaling
 from lm.routing import DLRCfg, LatentRouter
 from lm.sharding import ConfigError, constrain
@@ -66,13 +68,17 @@ class ModelCfg:
     embed_scale: bool = False  # multiply embeddings by sqrt(d_model) in compute dtype (Gemma)
     sliding_window: int = 0  # 0 = full causal; W: a query sees its last W positions (Mistral)
     final_logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap) (Gemma 2)
+    # speed and memory (lm/remat.py, lm/attention.py); the defaults are today's program
+    remat: str = "none"  # "none" | "full" | "dots" | "dots_no_batch" | "attn_out" (per block)
+    attention: str = "auto"  # "auto" (cuDNN on a GPU where it applies, else XLA) | "xla" | "cudnn"
     # a Hugging Face checkpoint dir or a run dir to start from; its architecture replaces the
     # fields above (lm/pretrained.py); "" = random init
     init_from: str = ""
 
     CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
                "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES),
-               "act": ("", "gelu_tanh", "gelu", "silu", "relu")}
+               "act": ("", "gelu_tanh", "gelu", "silu", "relu"), "remat": remat_lib.POLICIES,
+               "attention": attn_lib.IMPLEMENTATIONS}
 
     def __post_init__(self):
         for field, allowed in self.CHOICES.items():
@@ -122,6 +128,7 @@ class ModelCfg:
 
 class GPT(nnx.Module):
     def __init__(self, cfg: ModelCfg, *, rngs: nnx.Rngs):
+        attn_lib.check(cfg.attention, cfg.dtype_)  # model.attention=cudnn off a GPU: ConfigError
         self.cfg = cfg
         pdt = cfg.param_dtype_
         self.embed_VxD = param(rngs, nnx.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
@@ -157,24 +164,49 @@ class GPT(nnx.Module):
         return dropout(x_BxLxD, cfg.dropout, rngs[-1]), rngs[:-1]
 
     def run_blocks(self, x_BxLxD, pos_BxL, rngs, cache=None, index=None, codes_BxM=None,
-                   lo=0, hi=None):
+                   lo=0, hi=None, segment_ids_BxL=None):
         """Blocks ``lo..hi-1`` on the stream after ``lo`` blocks. With ``codes_BxM`` (DLR) the
-        codes' steering vectors are added before block ``dlr.layer``. Returns (the stream after
-        each block, the new cache of those blocks)."""
+        codes' steering vectors are added before block ``dlr.layer``. Without a cache each block
+        runs under ``model.remat`` (``lm.remat``). Returns (the stream after each block, the new
+        cache of those blocks)."""
+        hi = self.cfg.n_layers if hi is None else hi
+        if cache is None and self.cfg.remat != "none":
+            hiddens = self._remat_blocks(x_BxLxD, pos_BxL, rngs, codes_BxM, lo, hi,
+                                         segment_ids_BxL)
+            return hiddens, [None] * (hi - lo)
         hiddens, new_cache = [], []
-        for i in range(lo, self.cfg.n_layers if hi is None else hi):
+        for i in range(lo, hi):
             if codes_BxM is not None and i == self.cfg.dlr.layer:
                 x_BxLxD = self.dlr.steer(x_BxLxD, pos_BxL, codes_BxM)
             kv = None if cache is None else cache[i - lo]
-            x_BxLxD, new_kv = self.blocks[i](x_BxLxD, pos_BxL, rngs[i], kv, index)
+            x_BxLxD, new_kv = self.blocks[i](x_BxLxD, pos_BxL, rngs[i], kv, index,
+                                             segment_ids_BxL)
             x_BxLxD = constrain(x_BxLxD, ACT_BxLxD)
             hiddens.append(x_BxLxD)
             new_cache.append(new_kv)
         return hiddens, new_cache
 
-    def _trunk(self, tokens_BxL, pos_BxL, rng, cache, index, codes_BxM=None):
+    def _remat_blocks(self, x_BxLxD, pos_BxL, rngs, codes_BxM, lo, hi, segment_ids_BxL):
+        """``run_blocks`` under ``model.remat``: checkpointed scans over the stacked blocks
+        (``lm.remat.scan_blocks``), cut at the DLR layer when codes steer the stream."""
+        k = self.cfg.dlr.layer
+        steer = codes_BxM is not None and lo <= k < hi
+        cuts = sorted({lo, hi, k} if steer else {lo, hi})
+        hiddens = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if steer and a == k:
+                x_BxLxD = self.dlr.steer(x_BxLxD, pos_BxL, codes_BxM)
+            hiddens += remat_lib.scan_blocks(self.blocks[a:b], self.cfg.remat, x_BxLxD, pos_BxL,
+                                             rngs[a:b], segment_ids_BxL,
+                                             post=lambda y: constrain(y, ACT_BxLxD))
+            x_BxLxD = hiddens[-1]
+        return hiddens
+
+    def _trunk(self, tokens_BxL, pos_BxL, rng, cache, index, codes_BxM=None,
+               segment_ids_BxL=None):
         x_BxLxD, rngs = self.embed(tokens_BxL, pos_BxL, rng)
-        hiddens, new_cache = self.run_blocks(x_BxLxD, pos_BxL, rngs, cache, index, codes_BxM)
+        hiddens, new_cache = self.run_blocks(x_BxLxD, pos_BxL, rngs, cache, index, codes_BxM,
+                                             segment_ids_BxL=segment_ids_BxL)
         return [x_BxLxD] + hiddens, new_cache
 
     def logits(self, h_BxLxD: jax.Array) -> jax.Array:
@@ -188,31 +220,42 @@ class GPT(nnx.Module):
         return logits_BxLxV
 
     def __call__(self, tokens_BxL, *, positions_BxL=None, rng=None, return_hidden=False,
-                 codes_BxM=None):
+                 codes_BxM=None, segment_ids_BxL=None):
         """``codes_BxM`` (DLR models only): steer chunk m by code ``codes_BxM[:, m]``; None =
-        unsteered. ``hiddens[dlr.layer]`` is the stream before steering (the router's input)."""
+        unsteered. ``hiddens[dlr.layer]`` is the stream before steering (the router's input).
+        Packed rows (``lm.packing``): ``segment_ids_BxL`` keeps attention inside each document
+        and ``positions_BxL`` restarts rotary/learned positions per document."""
         if positions_BxL is None:
             positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
-        hiddens, _ = self._trunk(tokens_BxL, positions_BxL, rng, None, None, codes_BxM)
+        hiddens, _ = self._trunk(tokens_BxL, positions_BxL, rng, None, None, codes_BxM,
+                                 segment_ids_BxL)
         logits_BxLxV = self.logits(hiddens[-1])
         return (logits_BxLxV, hiddens) if return_hidden else logits_BxLxV
 
-    def init_cache(self, batch: int, length: int | None = None, dtype=None):
-        """Zero KV cache: per layer (k, v) of shape [B, S, K, H] (K = kv heads)."""
+    def init_cache(self, batch: int, length: int | None = None, dtype=None,
+                   segments: bool = False):
+        """Zero KV cache: per layer (k, v) of shape [B, S, K, H] (K = kv heads); with
+        ``segments`` also the keys' segment ids seg_BxS (int32) for packed decoding."""
         cfg = self.cfg
         S = length or cfg.max_len
         shape = (batch, S, cfg.kv_heads, cfg.head_dim_)
         dt = dtype or cfg.dtype_
-        return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
+        seg = (jnp.zeros((batch, S), jnp.int32),) if segments else ()
+        return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) + seg for _ in range(cfg.n_layers)]
 
-    def decode(self, tokens_BxL, cache, index, codes_BxM=None):
-        """Run ``tokens_BxL`` at positions ``index .. index+L-1`` against ``cache``.
+    def decode(self, tokens_BxL, cache, index, codes_BxM=None, segment_ids_BxL=None,
+               positions_BxL=None):
+        """Run ``tokens_BxL`` at cache slots ``index .. index+L-1`` against ``cache``.
 
         Returns (logits_BxLxV, new_cache). ``index`` may be a traced scalar. ``codes_BxM``: the
-        DLR codes of every chunk of the sequence (indexed by absolute position // chunk)."""
+        DLR codes of every chunk of the sequence (indexed by absolute position // chunk).
+        Packed decoding: ``segment_ids_BxL`` (with an ``init_cache(..., segments=True)`` cache)
+        and per-document ``positions_BxL`` (default: the slots)."""
         B, L = tokens_BxL.shape
-        pos_BxL = jnp.broadcast_to(index + jnp.arange(L), (B, L))
-        hiddens, new_cache = self._trunk(tokens_BxL, pos_BxL, None, cache, index, codes_BxM)
+        pos_BxL = (jnp.broadcast_to(index + jnp.arange(L), (B, L)) if positions_BxL is None
+                   else positions_BxL)
+        hiddens, new_cache = self._trunk(tokens_BxL, pos_BxL, None, cache, index, codes_BxM,
+                                         segment_ids_BxL)
         return self.logits(hiddens[-1]), new_cache
 
 

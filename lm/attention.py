@@ -1,0 +1,102 @@
+"""Attention kernels behind ``model.attention`` and the document (segment) mask.
+
+``model.attention``:
+- ``"xla"``: ``jax.nn.dot_product_attention(implementation="xla")`` (XLA's fused softmax).
+- ``"cudnn"``: cuDNN flash attention (``implementation="cudnn"``); needs a GPU and bf16/fp16
+  compute. Asked for anywhere else it is one ``ConfigError`` when the model is built
+  (``check``), never a silent fallback.
+- ``"auto"`` (default): cuDNN where it applies (GPU backend, bf16/fp16, head dim a multiple of
+  8 and <= 128, even lengths when a mask is passed: the limits of
+  ``jax._src.cudnn.fused_attention_stablehlo.check_is_flash_attention``), XLA otherwise. On a CPU
+  this is exactly the call the model made before the switch existed (same numerics).
+
+Segment ids (``lm.packing``): a query attends to key ``s`` only when ``s <= t`` and both carry the
+same segment id, so packed documents never see each other. The mask is passed to the kernel as a
+boolean [B, 1, T, S] array (cuDNN turns it into an additive bias). KV-cache decoding
+(``cached``) always runs the XLA path: its queries are one or a few tokens, where a flash kernel
+has nothing to tile, and its mask is built from absolute cache positions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lm.sharding import ConfigError
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+_HALF = (jnp.bfloat16, jnp.float16)
+
+
+def check(attention: str, dtype, backend: str | None = None) -> None:
+    """Build-time check of ``model.attention`` against the backend; raises ``ConfigError``."""
+    if attention not in IMPLEMENTATIONS:
+        raise ConfigError(f"model.attention={attention!r} is not one of {list(IMPLEMENTATIONS)}")
+    if attention != "cudnn":
+        return
+    backend = backend or jax.default_backend()
+    if backend != "gpu":
+        raise ConfigError(f"model.attention='cudnn' needs a GPU, but the JAX backend is "
+                          f"{backend!r}; use model.attention=auto (XLA here) or xla")
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _HALF]:
+        raise ConfigError(f"model.attention='cudnn' needs bf16/fp16 compute, got model.dtype="
+                          f"{jnp.dtype(dtype).name}; set model.dtype=bfloat16 or use "
+                          "model.attention=auto")
+
+
+def cudnn_supported(dtype, head_dim: int, T: int, S: int, masked: bool,
+                    backend: str | None = None) -> bool:
+    """Whether cuDNN flash attention takes these shapes (conservative: pre-Hopper limits)."""
+    if (backend or jax.default_backend()) != "gpu":
+        return False
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _HALF]:
+        return False
+    if head_dim % 8 or head_dim > 128:
+        return False
+    return not (masked and (T % 2 or S % 2))
+
+
+def implementation(attention: str, dtype, head_dim: int, T: int, S: int,
+                   masked: bool) -> str | None:
+    """The ``implementation=`` argument for ``jax.nn.dot_product_attention``."""
+    if attention == "cudnn":
+        return "cudnn"
+    if attention == "auto" and cudnn_supported(dtype, head_dim, T, S, masked):
+        return "cudnn"
+    return None if attention == "auto" else "xla"  # None: XLA, the call made before the switch
+
+
+def segment_mask(seg_q_BxT: jax.Array, seg_k_BxS: jax.Array) -> jax.Array:
+    """[B, 1, T, S] boolean: query and key in the same segment."""
+    return (seg_q_BxT[:, :, None] == seg_k_BxS[:, None, :])[:, None]
+
+
+def self_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, *, attention: str = "auto",
+                   segment_ids_BxT=None, window: int = 0):
+    """Causal self-attention over a full sequence (training, scoring), optionally
+    segment-masked and limited to the last ``window`` keys (0 = all). K may divide N (GQA)."""
+    mask = None if segment_ids_BxT is None else segment_mask(segment_ids_BxT, segment_ids_BxT)
+    T, H = q_BxTxNxH.shape[1], q_BxTxNxH.shape[-1]
+    impl = implementation(attention, q_BxTxNxH.dtype, H, T, T, mask is not None)
+    kw = {"local_window_size": (window - 1, 0)} if window else {}
+    if mask is not None:
+        kw["mask"] = mask
+    if impl is not None:
+        kw["implementation"] = impl
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, **kw)
+
+
+def cached(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, pos_BxL, *, seg_q_BxL=None, seg_k_BxS=None,
+           window: int = 0):
+    """Queries at absolute cache positions ``pos_BxL`` against a KV cache (XLA path): key ``s``
+    is visible when ``s <= pos`` (``> pos - window`` with a window; with segments, when its
+    segment is the query's)."""
+    S = k_BxSxKxH.shape[1]
+    key_11S = jnp.arange(S)[None, None, :]
+    mask_BxLxS = key_11S <= pos_BxL[:, :, None]
+    if window:
+        mask_BxLxS = mask_BxLxS & (key_11S > pos_BxL[:, :, None] - window)
+    mask_Bx1xLxS = mask_BxLxS[:, None]
+    if seg_q_BxL is not None:
+        mask_Bx1xLxS = mask_Bx1xLxS & segment_mask(seg_q_BxL, seg_k_BxS)
+    return jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS)
