@@ -53,7 +53,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1 if SMOKE else 5)
     ap.add_argument("--steps", type=int, default=1 if SMOKE else 5)
-    ap.add_argument("--n-search", type=int, default=4)
+    ap.add_argument("--n-search", type=int, default=1 if SMOKE else 4)
     args = ap.parse_args(argv)
     print_machine("SFT (xent) train step on the same model")
     L, lstar = 4, 2
