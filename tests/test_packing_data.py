@@ -105,3 +105,16 @@ def test_pack_examples_rows_and_segments():
     np.testing.assert_array_equal(out["positions"], [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
     with pytest.raises(ValueError, match="must be equal and in 1..seq_len=2"):
         pack_examples(ex, seq_len=2, pad_id=PAD_ID)
+
+
+def test_sft_next_fit_fills_rows_in_order_and_wraps():
+    from rl.iga.sft import example_rows, next_fit
+    lengths = np.array([3, 4, 2, 5])
+    order = np.array([0, 1, 2, 3])
+    assert next_fit(order, 0, lengths, rows=2, width=6) == [0, 1, 2]
+    assert next_fit(order, 3, lengths, rows=2, width=6) == [3, 0]  # wraps to the next epoch
+    data = {k: np.arange(4 * 6).reshape(4, 6) for k in ("inputs", "targets", "mask")}
+    rows = example_rows(data, [0, 1, 2], lengths)
+    out = pack_examples(rows, 6, PAD_ID)
+    np.testing.assert_array_equal(out["segment_ids"], [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 2, 2]])
+    np.testing.assert_array_equal(out["inputs"][1], [6, 7, 8, 9, 12, 13])

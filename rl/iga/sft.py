@@ -6,6 +6,9 @@ params (base weights each SAIL iteration, or the last student with ``continue_tr
 every fine-tune reuses the compiled step (one program per 16-token width bucket: each batch is cut
 to its longest row, which matters on a 2-core CPU). Examples are ``(prompt_text, answer_text)``;
 the loss mask covers the answer tokens and ``<eos>`` only (the official completion-only collator).
+``packing="document"`` packs several examples per row (``lm.packing.pack_examples``: segment ids
+and per-example positions, attention never crosses examples) instead of one padded example per
+row (``"none"``, the default); a step then holds as many examples as fit in ``batch_size`` rows.
 
 [INFERRED, spec §4.4] full fine-tuning of the tiny model (the official LoRA r=8/alpha=32 on an 8B
 model is not reproduced); fixed optimizer steps per fit with shuffled epochs over the data, so
@@ -25,6 +28,7 @@ from lm import sharding as sh
 from lm.losses import xent
 from lm.model import GPT
 from lm.optim import make_optimizer
+from lm.packing import pack_examples
 from lm.train import init_state, make_train_step, state_shardings
 
 _LOSS_CFG = types.SimpleNamespace(train=types.SimpleNamespace(z_loss=0.0))
@@ -48,6 +52,25 @@ def encode_examples(tok, examples, seq_len: int) -> dict[str, np.ndarray]:
     return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "mask": mask}
 
 
+def example_rows(data: dict, idx, lengths_N: np.ndarray) -> list[tuple]:
+    """Unpadded ``(inputs, targets, mask)`` of encoded examples ``idx`` (for ``pack_examples``)."""
+    return [(data["inputs"][i, :lengths_N[i]], data["targets"][i, :lengths_N[i]],
+             data["mask"][i, :lengths_N[i]]) for i in idx]
+
+
+def next_fit(order, pos: int, lengths_N, rows: int, width: int):
+    """Indices from ``order[pos:]`` (wrapping) that next-fit into ``rows`` rows of ``width``."""
+    take, n_rows, used = [], 0, width + 1
+    while True:
+        n = int(lengths_N[order[pos % len(order)]])
+        if used + n > width:
+            if n_rows == rows:
+                return take
+            n_rows, used = n_rows + 1, 0
+        take.append(int(order[pos % len(order)]))
+        used, pos = used + n, pos + 1
+
+
 def bucket(n: int, cap: int) -> int:
     """Smallest multiple of 16 >= ``n`` (at most ``cap``): a few compiled shapes, short rows."""
     return min(cap, -(-max(n, 1) // 16) * 16)
@@ -57,8 +80,10 @@ class SFTTrainer:
     """One compiled train step for the student; ``fit`` any params on any examples."""
 
     def __init__(self, model_cfg, opt_cfg, tok, *, batch_size: int, seq_len: int,
-                 total_steps: int = 1000, mesh=None, seed: int = 0):
-        self.tok, self.B, self.L = tok, batch_size, seq_len
+                 total_steps: int = 1000, mesh=None, seed: int = 0, packing: str = "none"):
+        if packing not in ("none", "document"):
+            raise ValueError(f"packing={packing!r} is not one of ['none', 'document']")
+        self.tok, self.B, self.L, self.packing = tok, batch_size, seq_len, packing
         self.model_cfg = model_cfg
         self.mesh = mesh or sh.make_mesh(sh.MeshCfg(data=-1))
         n_data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
@@ -92,6 +117,14 @@ class SFTTrainer:
         state = self._state(params, seed)
         metrics = []
         for _ in range(steps):
+            if self.packing == "document":
+                take = next_fit(order, pos, lengths, self.B, self.L)
+                pos += len(take)
+                if pos >= len(order):  # epoch end: reshuffle (a wrapped step took the old start)
+                    order, pos = rng.permutation(len(examples)), 0
+                state, m = self.step(state, self._packed_batch(data, lengths, take))
+                metrics.append(m["loss"])
+                continue
             idx = []
             while len(idx) < self.B:
                 take = order[pos: pos + self.B - len(idx)]
@@ -105,6 +138,14 @@ class SFTTrainer:
             metrics.append(m["loss"])
         losses = [float(s) / max(float(c), 1e-9) for s, c in jax.device_get(metrics)]
         return state["params"], losses
+
+    def _packed_batch(self, data, lengths, take):
+        out = pack_examples(example_rows(data, take, lengths), self.L, self.tok.pad_id)
+        n_pad = self.B - len(out["inputs"])
+        out = {k: np.concatenate([v, np.full((n_pad, self.L), self.tok.pad_id if k in (
+            "inputs", "targets") else 0, v.dtype)]) for k, v in out.items()}
+        width = bucket(int((out["segment_ids"] > 0).sum(1).max()), self.L)
+        return sh.shard_batch({k: v[:, :width] for k, v in out.items()}, self.mesh)
 
     def mean_loss(self, params, examples) -> float:
         data = encode_examples(self.tok, examples, self.L)
