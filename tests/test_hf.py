@@ -135,6 +135,12 @@ def test_sharded_load_equals_single_device_and_holds_only_shards(dirs, name):
     assert n_split >= 4 * cfg.n_layers  # every weight matrix is split
 
 
+def test_param_layout_repeats_one_block_exactly():
+    cfg = dataclasses.replace(TINY, n_layers=3, n_kv_heads=2, qkv_bias=True, qk_norm=True)
+    _, shapes, specs = hf.checkpoint.abstract(cfg)
+    assert hf.checkpoint.param_layout(cfg) == (shapes, specs)
+
+
 def test_bf16_checkpoint_loads_as_bf16(dirs):
     path = dirs["llama_bf16"]
     cfg, params = hf.load(path)
