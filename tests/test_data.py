@@ -257,3 +257,110 @@ def test_kjv_corpus(tmp_path):
     assert 1 <= n_eos < 66
     b = next(data.make_train_iter(cfg, batch_size=2, seq_len=64, seed=0))
     assert b["inputs"].shape == (2, 64)
+
+
+# ----------------------------------------------------------------------------- data.tokenizer
+
+
+def test_byte_path_keeps_its_cache_path_and_records(tmp_path, monkeypatch):
+    """data.tokenizer="" is today's pipeline: this fixed input's config name was computed by
+    the code before data.tokenizer existed (lm/data_builder.py at 7d2f4d2)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_bytes("First doc.\n\nSecond doc é.\n\nThird.\n".encode())
+    (tmp_path / "b.jsonl").write_text('{"text": "json doc"}\n{"text": "other"}\n')
+    for f in ("a.txt", "b.jsonl"):
+        os.utime(f, ns=(1_700_000_000_000_000_000,) * 2)
+    cfg = DataCfg(source="files", paths=("a.txt", "b.jsonl"), eval_fraction=0.3,
+                  data_dir="cache")
+    path = data_builder.prepare(cfg, ["a.txt", "b.jsonl"])
+    assert path == str(tmp_path / "cache" / "byte_docs" / "ff4cac239f8f449c6" / "1.0.0")
+    prepared = data_builder.load_prepared(path)
+    recs = [list(src[i]["tokens"]) for s in ("train", "validation")
+            for src in [prepared[s][0]] for i in range(len(src))]
+    want = ["First doc.", "Second doc é.", "Third.", "json doc", "other"]
+    assert sorted(recs) == sorted(list(t.encode()) + [EOS_ID] for t in want)
+    assert data.split_sources(DataCfg(source="synthetic"))["fingerprint"] == "synthetic-256-0"
+    assert (data.vocab_size(cfg), data.eos_id(cfg), data.pad_id(cfg)) == (259, EOS_ID, PAD_ID)
+
+
+def write_tokenizer(out, post: str = "none", corpus=TXT_DOCS + JSONL_DOCS) -> str:
+    """A byte-level BPE ``tokenizer.json`` (+ tokenizer_config.json naming eos/bos/pad) built
+    with ``tokenizers`` only; ``post`` = "none" | "bos" (prepends <s>) | "bos_eos"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    single = {"none": "$A", "bos": "<s> $A", "bos_eos": "<s> $A <|endoftext|>"}[post]
+    if post != "none":
+        bpe.post_processor = processors.TemplateProcessing(
+            single=single, special_tokens=[("<s>", 1), ("<|endoftext|>", 0)])
+    os.makedirs(out, exist_ok=True)
+    bpe.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as fh:
+        json.dump({"eos_token": "<|endoftext|>", "bos_token": "<s>", "pad_token": "<pad>"}, fh)
+    return str(out)
+
+
+def test_files_records_are_the_tokenizers_ids_plus_eos(corpus, tmp_path):
+    from tokenization.hf import HFTokenizer
+    tok_dir = write_tokenizer(tmp_path / "tok")
+    cfg = DataCfg(**{**corpus.__dict__, "tokenizer": tok_dir, "packing": "document"})
+    tok = HFTokenizer.load(tok_dir)
+    assert (data.vocab_size(cfg), data.eos_id(cfg), data.pad_id(cfg)) == (
+        tok.vocab_size, tok.eos_id, tok.pad_id) == (300, 0, 2)
+    files = data.resolve_paths(cfg)
+    docs = list(data_builder.iter_documents(tuple(files), "text", "paragraphs"))
+    val = data_builder.held_out([data_builder.doc_hash(d) for d in docs], cfg.eval_fraction, "")
+    splits = data.split_sources(cfg)
+    for split, is_val in (("train", False), ("validation", True)):
+        src, lengths = splits[split]
+        got = [list(src[i]["tokens"]) for i in range(len(src))]
+        want = [list(tok.encode(d.decode())) + [tok.eos_id] for d, v in zip(docs, val)
+                if v == is_val]
+        assert got == want and list(lengths) == [len(w) for w in want]
+    byte_fp = data.split_sources(corpus)["fingerprint"]
+    assert splits["fingerprint"] != byte_fp
+    assert os.path.basename(os.path.dirname(data_builder.prepare(corpus, files))) == byte_fp
+    ev = data.make_eval_batches(cfg, batch_size=4, seq_len=8, max_batches=0)
+    for b in ev:  # document packing cuts at the tokenizer's eos (id 0)
+        assert (b["mask"][b["inputs"] == 0] == 0).all()
+    # outside every segment: the stream's final eos and the tokenizer's <pad> (id 2), not 258
+    rest = np.concatenate([b["inputs"][b["segment_ids"] == 0] for b in ev])
+    assert set(rest) <= {0, 2} and 2 in rest
+    write_tokenizer(tmp_path / "tok", corpus=PARQUET_DOCS)  # a changed tokenizer.json
+    assert data.split_sources(cfg)["fingerprint"] != splits["fingerprint"]
+
+
+@pytest.mark.parametrize("post", ["bos", "bos_eos"])
+def test_post_processor_frames_documents_eos_once(post, tmp_path):
+    from tokenization.hf import HFTokenizer
+    tok_dir = write_tokenizer(tmp_path / "tok", post=post)
+    cfg = DataCfg(source="synthetic", synthetic_docs=8, tokenizer=tok_dir)
+    tok = HFTokenizer.load(tok_dir)
+    docs = data_builder.synthetic_docs(8, 0)
+    val = data_builder.held_out([data_builder.doc_hash(d) for d in docs], 0.02, "")
+    src, _ = data.split_sources(cfg)["train"]
+    recs = [list(src[i]["tokens"]) for i in range(len(src))]
+    want = [list(tok.encode(d.decode())) + ([] if post == "bos_eos" else [tok.eos_id])
+            for d, v in zip(docs, val) if not v]
+    assert recs == want
+    assert all(r[0] == tok.bos_id == 1 and r[-1] == 0 and r.count(0) == 1 for r in recs)
+
+
+def test_tokenizer_config_errors(tmp_path):
+    from lm.config import Config, override
+    from lm.setup import validate
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"data.tokenizer=.*no tokenizer.json there"):
+        data.validate(DataCfg(source="synthetic", tokenizer=str(tmp_path / "empty")))
+    tok_dir = write_tokenizer(tmp_path / "tok")
+    with pytest.raises(ConfigError, match="cannot apply to data.source='bin'"):
+        data.validate(DataCfg(source="bin", paths=("x.bin",), tokenizer=tok_dir))
+    cfg = override(Config(), ["data.source=synthetic", f"data.tokenizer={tok_dir}",
+                              "model.vocab_size=264"])
+    with pytest.raises(ConfigError, match=r"has 300 ids but the model has model.vocab_size=264"):
+        validate(cfg, 8)
+    validate(override(cfg, ["model.vocab_size=304"]), 8)
