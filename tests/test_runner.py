@@ -41,7 +41,7 @@ def test_lm_pretrain_tiny_end_to_end(tmp_path):
     """The default experiment on the embedded corpus, a few steps, every artefact written."""
     wd = tmp_path / "run"
     args, env = cli(["train.steps=6", "train.eval_every=3", "train.ckpt_every=3",
-                     "run.sample_tokens=16", "run.progress=false"], wd)
+                     "run.sample_tokens=16", "run.progress=false", "opt.warmup=2"], wd)
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final eval loss" in out.stdout and "sample:" in out.stdout
@@ -52,6 +52,10 @@ def test_lm_pretrain_tiny_end_to_end(tmp_path):
     recs = read_jsonl(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in recs if r["split"] == "eval"] == [3, 6]
     assert {"loss", "grad_norm", "param_norm", "update_norm", "tokens_per_s", "lr"} <= set(recs[0])
+    loss = train_losses(wd)  # it learns: 5.53 -> 4.00 nats/byte in 6 steps when recorded
+    assert loss[6] < 0.85 * loss[1], loss
+    ev = [r["loss"] for r in recs if r["split"] == "eval"]
+    assert ev[1] < 0.95 * ev[0], ev
     prov = json.loads((wd / "provenance.json").read_text())
     assert prov["versions"]["jax"] == "0.10.2" and prov["git_commit"]
 
@@ -141,6 +145,7 @@ BAD = [
     (["opt.weight_decay=-0.1"], "opt.weight_decay=-0.1 must be finite and >= 0"),
     (["opt.clip=-1"], "opt.clip=-1.0 must be finite and >= 0"),
     (["opt.lr=nan"], "opt.lr=nan must be finite"),
+    (["train.steps=10", "opt.warmup=11"], "opt.warmup=11 exceeds train.steps=10"),
 ]
 
 
