@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from experiments.config import Config
+from lm.stats import mean_sd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,12 +25,9 @@ class GaptConfig(Config):
 
 
 def mean_std(xs) -> str:
-    xs = np.asarray([x for x in xs if x is not None], np.float64)
-    if xs.size == 0:
-        return "n/a"
-    if xs.size == 1:
-        return f"{xs[0]:.4f}"
-    return f"{xs.mean():.4f} ± {xs.std(ddof=1):.4f}"
+    """``"m ± s (each seed)"``: sample std, every seed listed up to ``lm.stats.LIST_SEEDS``."""
+    out = mean_sd([x for x in xs if x is not None], "{:.4f}")
+    return "n/a" if out == "-" else out
 
 
 def rel_change(new, base) -> str:
