@@ -98,3 +98,28 @@ def tensors(path: str) -> dict:
 
 def listing(path: str) -> list[str]:
     return sorted(os.listdir(path))
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def add_tokenizer(out_dir: str) -> None:
+    """A tiny BPE ``tokenizer.json`` (vocab <= V; pad 0, bos 1, eos 2 as in the model configs)
+    with a short ChatML template, saved by transformers into ``out_dir``."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    words = ["the", "cat", "sat", "on", "a", "mat", "hello", "world", "dog", "ran"]
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=V, special_tokens=specials,
+                                                        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHATML, bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(out_dir)

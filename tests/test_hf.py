@@ -237,3 +237,35 @@ def test_inspect_cli(dirs, capsys):
     model = transformers.AutoModelForCausalLM.from_pretrained(dirs["gemma"])
     assert info["params"] == sum(p.numel() for p in model.parameters())
     assert info["tensors_mapped"] == info["tensors"] and info["kv_heads"] == 1
+
+
+def test_sample_cli_and_tokenizer_export(dirs, tmp_path, capsys):
+    """``python -m lm.hf sample`` (plain and --chat) prints transformers' greedy continuation;
+    ``hf.save(tokenizer_dir=...)`` carries the tokenizer and its eos id along."""
+    from tokenization.hf import HFTokenizer
+    d = _copy(dirs["qwen2"], tmp_path / "ckpt")
+    fx.add_tokenizer(d)
+    tok = HFTokenizer.load(d)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        d, attn_implementation="eager").eval()
+    for chat in (False, True):
+        prompt = "hello the cat sat"
+        ids = (tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True)
+               if chat else tok.encode(prompt))
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([list(ids)]), do_sample=False, max_new_tokens=8,
+                                 eos_token_id=sorted(tok.eos_ids), pad_token_id=0,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+        new = [t for t in ref[0, len(ids):].tolist() if t not in tok.eos_ids]
+        assert len(new) >= 4  # a real continuation, not an immediate eos
+        capsys.readouterr()
+        argv = ["sample", d, "--prompt", prompt, "--max-new-tokens", "8"] + (
+            ["--chat"] if chat else [])
+        assert hf_main(argv) == 0
+        assert capsys.readouterr().out.rstrip("\n") == tok.decode(new, skip_special_tokens=True)
+    cfg, params = hf.load(d)
+    out = hf.save(cfg, params, str(tmp_path / "out"), tokenizer_dir=d)
+    assert "tokenizer.json" in fx.listing(out)
+    text = "the dog ran"
+    assert HFTokenizer.load(out).encode(text).tolist() == tok.encode(text).tolist()
+    assert json.load(open(os.path.join(out, "generation_config.json")))["eos_token_id"] == 2
