@@ -243,7 +243,7 @@ def test_sample_cli_and_tokenizer_export(dirs, tmp_path, capsys):
     """``python -m lm.hf sample`` (plain and --chat) prints transformers' greedy continuation;
     ``hf.save(tokenizer_dir=...)`` carries the tokenizer and its eos id along."""
     from tokenization.hf import HFTokenizer
-    d = _copy(dirs["qwen2"], tmp_path / "ckpt")
+    d = _copy(dirs["qwen3"], tmp_path / "ckpt")
     fx.add_tokenizer(d)
     tok = HFTokenizer.load(d)
     model = transformers.AutoModelForCausalLM.from_pretrained(
