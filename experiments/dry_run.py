@@ -6,6 +6,8 @@ The train state and batch are ``ShapeDtypeStruct``s carrying shardings, so nothi
 2. Where this host can fake that many CPU devices (``jax_num_cpu_devices`` is set before the
    backend starts), it is also compiled and XLA's memory analysis gives the per-device temporary
    (activation) bytes. Parameter and optimizer bytes per device are computed from the shardings.
+   ``model.remat`` and ``data.packing=document`` (the batch then carries segment ids and
+   positions) change the compiled program, so the printed figures are those of the run's step.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def dry_run(cfg: Config) -> str:
     tr = cfg.train
     lines = [f"dry run: preset mesh {dict(zip(sh.AXES, cfg.mesh.shape(n)))} on {n} devices, "
              f"{count_params(shapes) / 1e6:.1f}M params, batch {tr.batch_size}x{tr.seq_len}, "
-             f"microbatches {tr.microbatches}"]
+             f"microbatches {tr.microbatches}, model.remat={cfg.model.remat}, "
+             f"model.attention={cfg.model.attention}, data.packing={cfg.data.packing}"]
+    keys = (("inputs", jnp.int32), ("targets", jnp.int32), ("mask", jnp.float32))
+    if cfg.data.packing == "document":
+        keys += (("segment_ids", jnp.int32), ("positions", jnp.int32))
 
     def lower(mesh, platform):
         p_shard = jax.tree.map(lambda s, a: NamedSharding(mesh, sh.fit_spec(s, a.shape, mesh)),
@@ -72,8 +78,7 @@ def dry_run(cfg: Config) -> str:
                               st_shapes, s_shard)
         bs = sh.batch_sharding(mesh)
         batch = {k: jax.ShapeDtypeStruct((tr.batch_size, tr.seq_len), dt, sharding=bs)
-                 for k, dt in (("inputs", jnp.int32), ("targets", jnp.int32),
-                               ("mask", jnp.float32))}
+                 for k, dt in keys}
         step = make_train_step(get_loss(tr.loss), tx, model=graphdef, cfg=cfg, mesh=mesh,
                                state_sharding=s_shard, microbatches=tr.microbatches,
                                lr_fn=lr_fn)
@@ -97,6 +102,8 @@ def dry_run(cfg: Config) -> str:
             lines.append(f"activations/temp per device (XLA, compiled for {n} CPU devices): "
                          f"{_gib(mem.temp_size_in_bytes)}")
             lines.append(f"arguments per device (XLA): {_gib(mem.argument_size_in_bytes)}")
+            lines.append(f"params + optimizer + activations per device: "
+                         f"{_gib(pb + ob + mem.temp_size_in_bytes)}")
     else:
         lines.append(f"(not compiled: this host has {jax.device_count()} devices of "
                      f"{jax.default_backend()}, fewer than {n})")
