@@ -242,24 +242,28 @@ def test_layer_zero_routes_on_embeddings():
     the same codes at layer 1 (so a wrong routing layer changes the logits)."""
     cfg = cfg_with(layer=0)
     gd, p = tiny_model(cfg.model)
+    gd1, _ = tiny_model(cfg_with(layer=1).model)  # same parameters, routing at layer 1
     p = random_codebook(p, scale=0.5)
-    m = bind(gd, p)
     toks = jnp.asarray(random_batch(2, 9, 64)["inputs"])
     codes = codes_of(3, 2, 5, 4)
     pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
-    x, rngs = m.embed(toks, pos)
     cb = np.asarray(p["dlr"]["codebook_CxD"])
     steer = DCFG.alpha * cb[np.take_along_axis(np.asarray(codes), np.arange(9)[None] // 2, 1)]
-    hs, _ = m.run_blocks(x + steer, pos, rngs)  # every block, unsteered inside
-    want = m.logits(hs[-1])
-    got, hid = m(toks, codes_BxM=codes, return_hidden=True)
+
+    @jax.jit
+    def forwards(q):
+        m = bind(gd, q)
+        x, rngs = m.embed(toks, pos)
+        hs, _ = m.run_blocks(x + steer, pos, rngs)  # every block, unsteered inside
+        got, hid = m(toks, codes_BxM=codes, return_hidden=True)
+        return (m.logits(hs[-1]), got, x, hid[0], dlr.lower(m, toks)[0],
+                bind(gd1, q)(toks, codes_BxM=codes), m(toks))
+    want, got, x, h0, low, at1, plain = forwards(p)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(hid[0], x)  # the router reads the unsteered embeddings
-    np.testing.assert_array_equal(dlr.lower(m, toks)[0], x)
-    gd1, _ = tiny_model(cfg_with(layer=1).model)
-    at1 = bind(gd1, p)(toks, codes_BxM=codes)
+    np.testing.assert_array_equal(h0, x)  # the router reads the unsteered embeddings
+    np.testing.assert_array_equal(low, x)
     assert float(jnp.abs(at1 - got).max()) > 1e-3
-    assert float(jnp.abs(got - m(toks)).max()) > 1e-3  # the steering is not a no-op
+    assert float(jnp.abs(got - plain).max()) > 1e-3  # the steering is not a no-op
     b = {k: jnp.asarray(v) for k, v in random_batch(2, 8, 64).items()}
     loss, aux = jax.jit(lambda q: dlr.dlr_loss(q, b, model=gd, rng=jax.random.key(0),
                                                cfg=cfg))(p)
