@@ -107,8 +107,9 @@ def arm_config(cfg, arm: str, seed: int):
         run=dataclasses.replace(cfg.run, name=f"{cfg.run.name}_{arm}_s{seed}"))
 
 
-def summarise(runs: dict) -> tuple[str, list[dict]]:
-    """Markdown table (one row per arm, mean ± sd over seeds) and flat records."""
+def summarise(runs: dict, unit: str = "byte") -> tuple[str, list[dict]]:
+    """Markdown table (one row per arm, mean ± sd over seeds) and flat records; ``unit``: what
+    the CE is per ("byte", or "token" with ``data.tokenizer``)."""
     records, final = [], {}
     for (arm, seed), recs in runs.items():
         for r in recs:
@@ -134,7 +135,7 @@ def summarise(runs: dict) -> tuple[str, list[dict]]:
                      mean_std([f[0]["grad_cos"] for f in fs]),
                      mean_std([f[1] for f in fs]) if fs[0][1] is not None else "",
                      f"{np.mean([f[2] for f in fs]):.1f}" if fs[0][1] is not None else ""])
-    header = ["arm", "seeds", "val CE (nats/byte)", "ΔCE vs ce", "val MBE (mean blocks)",
+    header = ["arm", "seeds", f"val CE (nats/{unit})", "ΔCE vs ce", "val MBE (mean blocks)",
               "ΔMBE vs ce", "per-block MBE", "cos(∇CE,∇MBE) final", "frac. steps phase 2",
               "phase switches"]
     return table(header, rows), records
@@ -181,7 +182,7 @@ def run(cfg: GaptConfig, workdir: str, argv=None) -> dict:
             train(acfg, wd, argv=argv, on_eval=_probe_hook(acfg))
             hook_runs[(arm, seed)] = M.read_jsonl(os.path.join(wd, "metrics.jsonl"))
             print(f"done {arm} seed {seed}")
-    tab, records = summarise(hook_runs)
+    tab, records = summarise(hook_runs, "token" if cfg.data.tokenizer else "byte")
     out = write_results(cfg, workdir, argv, module="gapt_lm", title="GAPT on language modelling",
                         paper=PAPER, tab=tab, records=records,
                         plot=lambda path: plot(hook_runs, path))

@@ -14,6 +14,15 @@ checkpoint's params). What that means for the config:
   as the DLR papers do) and, with rotary positions, ``max_len`` (the KV-cache bound; learned
   position tables are architecture).
 
+- The **data tokenizer** (``data.tokenizer``, when the config has a ``data`` section with that
+  field): left empty (bytes), it becomes the checkpoint's directory when that holds a
+  ``tokenizer.json`` (for a run directory: the tokenizer that run trained on), so continued
+  pretraining (``experiments.lm_pretrain``, ``experiments.gapt_lm``: xent, IBLM, GAPT unchanged)
+  reads its documents in the checkpoint's tokens (``lm.data_tokenizer``). A different tokenizer
+  is allowed only when given explicitly (``--set data.tokenizer=DIR`` beside
+  ``model.init_from``, or in a config passed to ``lm.setup.build`` directly); one inherited
+  from a preset is refused. ``data.source=bin`` shards are pre-tokenized and keep bytes' "".
+
 ``lm.setup.build`` calls ``resolve`` and ``load_params``, so every experiment and loss that builds
 its state from a config starts from the checkpoint (the RL experiments use it as policy and
 reference). ``tokenizer_for`` gives the checkpoint's tokenizer (``tokenization.hf``) with the
@@ -93,7 +102,41 @@ def resolve(cfg, set_keys=()):
     keep = {f: getattr(m, f) for f in _runtime(ckpt) if hasattr(m, f)}
     if ckpt.pos == "rope" and "model.max_len" not in set_keys:
         keep["max_len"] = m.max_len
-    return dataclasses.replace(cfg, model=dataclasses.replace(ckpt, **keep))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(ckpt, **keep))
+    return _resolve_data_tokenizer(cfg, set_keys)
+
+
+def tokenizer_dir(path: str) -> str:
+    """The directory of the tokenizer a checkpoint was trained in ("" = bytes / none known): an
+    HF dir with a ``tokenizer.json`` itself; a run dir its ``data.tokenizer``, else its own
+    ``model.init_from``'s."""
+    if source_kind(path) == "hf":
+        return path if os.path.exists(os.path.join(path, "tokenizer.json")) else ""
+    from lm.probe import load_run_config
+    run = load_run_config(path)
+    tok = getattr(getattr(run, "data", None), "tokenizer", "")
+    return tok or (tokenizer_dir(run.model.init_from) if run.model.init_from else "")
+
+
+def _resolve_data_tokenizer(cfg, set_keys):
+    data = getattr(cfg, "data", None)
+    if not dataclasses.is_dataclass(data) or not hasattr(data, "tokenizer"):
+        return cfg
+    if getattr(data, "source", None) == "bin":  # pre-tokenized shards
+        return cfg
+    ckpt_tok = tokenizer_dir(cfg.model.init_from)
+    if not data.tokenizer:
+        if not ckpt_tok:
+            return cfg
+        return dataclasses.replace(cfg, data=dataclasses.replace(data, tokenizer=ckpt_tok))
+    same = ckpt_tok and os.path.realpath(ckpt_tok) == os.path.realpath(data.tokenizer)
+    if not same and "model.init_from" in set_keys and "data.tokenizer" not in set_keys:
+        raise ConfigError(f"data.tokenizer={data.tokenizer!r} (from the preset) differs from the "
+                          f"tokenizer of model.init_from={cfg.model.init_from} "
+                          f"({ckpt_tok or 'none: byte-level'}); set --set data.tokenizer=... "
+                          "explicitly to train the checkpoint on other ids, or leave it empty to "
+                          "use the checkpoint's")
+    return cfg
 
 
 def load_params(model: ModelCfg, mesh, like_shapes, shardings):
@@ -138,13 +181,10 @@ class CheckpointTokenizer:
     ``eos_id``, ``eos_ids``, ``pad_id`` (the pad token, else the eos), ``vocab_size``."""
 
     def __init__(self, tok):
+        from lm.data_tokenizer import special_ids  # the data pipeline's eos/pad, same rule
         self.hf = tok
-        self.eos_id = tok.eos_id if tok.eos_id is not None else min(tok.eos_ids, default=None)
-        if self.eos_id is None:
-            raise ConfigError(f"tokenizer in {tok.directory} defines no eos token; sampling "
-                              "could never stop")
+        self.eos_id, self.pad_id = special_ids(tok)
         self.eos_ids = tuple(sorted(tok.eos_ids | {self.eos_id}))
-        self.pad_id = tok.pad_id if tok.pad_id is not None else self.eos_id
         self.bos_id = tok.bos_id
         self.vocab_size = tok.vocab_size
         first = tok.encode("a", add_special_tokens=True)

@@ -99,3 +99,56 @@ def test_init_from_a_run_dir_starts_from_its_latest_checkpoint(tmp_path):
     loaded = jax.device_get(build(cfg).state["params"])
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(trained), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_resolve_gives_the_data_the_checkpoints_tokenizer(qwen3_dir, tmp_path):
+    from lm.config import to_dict
+    keys = ["model.init_from"]
+    got = pretrained.resolve(override(Config(), [f"model.init_from={qwen3_dir}"]), keys)
+    assert got.data.tokenizer == qwen3_dir and pretrained.resolve(got) == got  # idempotent
+    other = str(tmp_path / "other_tok")
+    mine = override(Config(), [f"model.init_from={qwen3_dir}", f"data.tokenizer={other}"])
+    assert pretrained.resolve(mine, keys + ["data.tokenizer"]).data.tokenizer == other
+    assert pretrained.resolve(pretrained.resolve(mine, keys + ["data.tokenizer"])) \
+        .data.tokenizer == other  # build's second resolve keeps the explicit choice
+    with pytest.raises(ConfigError, match="differs from the tokenizer of model.init_from"):
+        pretrained.resolve(mine, keys)  # came with the preset, not from the user: refused
+    binned = override(Config(), [f"model.init_from={qwen3_dir}", "data.source=bin"])
+    assert pretrained.resolve(binned, keys).data.tokenizer == ""  # shards are pre-tokenized
+    run = tmp_path / "run"  # a run dir remembers the tokenizer it trained on
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(to_dict(got)))
+    assert pretrained.tokenizer_dir(str(run)) == qwen3_dir
+
+
+@pytest.mark.slow
+def test_gapt_continues_pretraining_a_qwen3_in_its_tokens(qwen3_dir, tmp_path):
+    """experiments.gapt_lm (tiny, cut to 3 steps; 2 layers: skip_first=0) from the checkpoint: the
+    data is the checkpoint tokenizer's ids (data.tokenizer filled in by resolve), losses finite."""
+    from experiments import gapt_lm as gl
+    from lm import data as data_lib
+    from lm import data_builder
+    from tokenization.hf import HFTokenizer
+    wd = tmp_path / "wd"
+    rc = main(gl.PRESETS, gl.run, argv=[
+        "--workdir", str(wd), "--set", f"model.init_from={qwen3_dir}", "data.source=synthetic",
+        "data.synthetic_docs=32", "train.steps=3", "train.eval_every=3", "train.ckpt_every=3",
+        "train.eval_batches=1", "train.batch_size=8", "train.seq_len=32", "exp.seeds=0",
+        "exp.arms=gapt", f"exp.out={tmp_path / 'res'}", "ib.p_m=1", "ib.skip_first=0",
+        "opt.warmup=1"])
+    assert rc == 0
+    run_cfg = json.load(open(wd / "gapt_s0" / "config.json"))
+    assert run_cfg["data"]["tokenizer"] == qwen3_dir and run_cfg["model"]["vocab_size"] == 320
+    rows = [json.loads(x) for x in open(wd / "gapt_s0" / "metrics.jsonl")]
+    losses = [r["loss"] for r in rows if r["split"] == "train"] + [
+        r[k] for r in rows if r["split"] == "eval" for k in ("val_ce", "val_mbe")]
+    assert len(losses) == 5 and np.isfinite(losses).all()
+    assert "val CE (nats/token)" in (tmp_path / "res" / "README.md").read_text()
+    tok = HFTokenizer.load(qwen3_dir)
+    data = data_lib.DataCfg(source="synthetic", synthetic_docs=32, tokenizer=qwen3_dir)
+    b = data_lib.make_eval_batches(data, batch_size=8, seq_len=32, max_batches=1)[0]
+    assert b["inputs"].max() < 320 and (b["inputs"] == tok.eos_id).any()
+    row = list(b["inputs"][0])  # window 0 starts at the first validation document
+    first = tok.decode(row[: row.index(tok.eos_id)] if tok.eos_id in row else row)
+    assert len(first) > 10 and any(d.decode().startswith(first)
+                                   for d in data_builder.synthetic_docs(32, 0))
