@@ -42,6 +42,7 @@ class Cfg:
     stoch_T: int = 3
     stoch_seeds: int = 2
     slip: float = 0.2
+    allow_dirty: bool = False  # record into results/ from a tree with uncommitted changes
 
 
 PRESETS = {"tiny": Cfg(), "full": Cfg(preset="full", det_T=8, det_seeds=10, stoch_seeds=8)}
@@ -180,17 +181,24 @@ def parse(argv: list[str] | None) -> tuple[Cfg, str]:
     cfg, fields = PRESETS[args.preset], {f.name: f for f in dataclasses.fields(Cfg)}
     for item in args.set:
         key, sep, val = item.partition("=")
+        key = {"run.allow_dirty": "allow_dirty"}.get(key, key)  # the name other runs use
         if not sep or key not in fields or key == "preset":
             p.error(f"--set {item!r}: unknown key; allowed: {sorted(set(fields) - {'preset'})}")
         try:
-            cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(val)})
+            typ = type(getattr(cfg, key))
+            if typ is bool and val.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(val)
+            cfg = dataclasses.replace(cfg, **{key: val.lower() in ("true", "1") if typ is bool
+                                              else typ(val)})
         except ValueError:
             p.error(f"--set {key}={val!r}: expected {type(getattr(cfg, key)).__name__}")
     return cfg, args.workdir
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from lm.metrics import check_clean, write_provenance
     cfg, workdir = parse(argv)
+    check_clean(workdir, cfg.allow_dirty)  # before any work: a refused record writes nothing
     os.makedirs(workdir, exist_ok=True)
     rows, frames = [], None
     for name, kind, mode, grid, cost, s0, goal in cases(cfg):
@@ -204,8 +212,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with open(os.path.join(workdir, "results.jsonl"), "w") as f:
         for row in rows:
             f.write(json.dumps(row, default=float) + "\n")
-    from lm.metrics import write_provenance
-    write_provenance(workdir, cfg, argv)
+    write_provenance(workdir, cfg, argv, allow_dirty=cfg.allow_dirty)
     if frames is not None:
         plot(rows, frames, os.path.join(workdir, "plot.png"))
     with open(os.path.join(workdir, "README.md"), "w") as f:
@@ -259,4 +266,11 @@ def readme(cfg: Cfg, rows: list[dict], argv: list[str] | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from lm.sharding import ConfigError
+    try:
+        main()
+    except ConfigError as e:  # e.g. recording into results/ from a dirty tree
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
