@@ -9,3 +9,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory):
+    """A tiny random Qwen3 HF checkpoint with its tokenizer and chat template, built once per
+    session (``tests.helpers.make_tiny_qwen3``) for the ``model.init_from`` tests."""
+    from tests.helpers import make_tiny_qwen3
+    return make_tiny_qwen3(tmp_path_factory.mktemp("qwen3"))

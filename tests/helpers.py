@@ -26,3 +26,37 @@ def random_batch(B: int, L: int, V: int, seed: int = 0, mask_frac: float = 0.0):
 
 def mesh(shape=(2, 2, 2)):
     return sh.make_mesh(sh.MeshCfg(*shape), jax.devices()[: int(np.prod(shape))])
+
+
+QWEN3_CORPUS = [f"{a}+{b}={a + b} {a}-{b}={a - b} S{a}{b}:0123456789 sorted" for a in range(40)
+                for b in range(0, 40, 7)]
+
+
+def make_tiny_qwen3(out) -> str:
+    """A random 2-layer Qwen3 (GQA 4/2 heads, head_dim 16, tied) with its own byte-level BPE
+    tokenizer (eos = pad = ``<|endoftext|>``) and Qwen2.5's ChatML chat template, saved as a
+    Hugging Face checkpoint in ``out`` with transformers (nothing is downloaded)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tests.hf_chat_templates import QWEN25
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(QWEN3_CORPUS, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                               pad_token="<|endoftext|>")
+    tok.chat_template = QWEN25
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(
+        vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=128, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)
+    transformers.Qwen3ForCausalLM(cfg).save_pretrained(out)
+    return str(out)
