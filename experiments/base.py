@@ -94,6 +94,7 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
 
     from lm import data as data_lib
     from lm import metrics as M
+    from lm import perf
     from lm import sharding as sh
     from lm.checkpoint import Checkpointer, abstract_target
     from lm.train import NonFiniteLoss, evaluate, train_loop
@@ -129,6 +130,9 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
     writer = M.MetricsWriter(workdir, enabled=is_main)
     start = int(jax.device_get(state["step"]))
     tokens_per_step = tr.batch_size * tr.seq_len
+    fpt = perf.flops_per_token(cfg.model, perf.model_params(state["params"], cfg.model),
+                               tr.seq_len)  # MFU accounting (lm/perf.py)
+    peak, _ = perf.device_peak_flops()
     bar = M.progress(tr.steps, start, desc=cfg.run.name,
                      disable=not (is_main and cfg.run.progress))
 
@@ -140,7 +144,10 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
         m["tokens"] = step * tokens_per_step
         writer.write(step, m, "train")
         bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}")
+        mfu = m.get("perf/mfu", "n/a")
+        bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m.get('tokens_per_s', 0):.0f}",
+                        tflops=f"{m.get('perf/tflops_per_device', 0):.3g}",
+                        mfu=mfu if isinstance(mfu, str) else f"{mfu:.1%}")
 
     def on_step_end(step, st):
         if step % tr.eval_every == 0 or step == tr.steps:
@@ -156,7 +163,8 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
     try:
         state = train_loop(state, setup.train_step, batches(), steps=tr.steps,
                            on_metrics=on_metrics, on_step_end=on_step_end, sync_at=sync,
-                           tokens_per_step=tokens_per_step)
+                           tokens_per_step=tokens_per_step, flops_per_token=fpt,
+                           peak_flops=peak)
     except NonFiniteLoss as e:
         ckpt.wait()
         good = ckpt.latest_step()

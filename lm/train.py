@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lm.perf import perf_metrics
 from lm.sharding import BATCH_AXES, ConfigError
 
 
@@ -193,8 +194,13 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_loop(state, step_fn, batches: Iterator, *, steps: int, on_metrics=None,
-               on_step_end=None, sync_at=lambda step: False, tokens_per_step: int = 0) -> dict:
+               on_step_end=None, sync_at=lambda step: False, tokens_per_step: int = 0,
+               flops_per_token: float = 0.0, peak_flops: float | None = None) -> dict:
     """Run ``step_fn`` until ``state["step"] == steps``; metrics fetched one step late.
+
+    With ``tokens_per_step`` (global) and ``flops_per_token`` (``lm.perf.flops_per_token``) the
+    metrics carry ``perf/tokens_per_s``, ``perf/tflops_per_device`` and ``perf/mfu`` against
+    ``peak_flops`` per device (``lm.perf.device_peak_flops``; None gives ``"n/a"``).
 
     ``on_metrics(step, metrics)`` gets the host metrics of step ``step`` (1-based) while the next
     step is already dispatched. At steps where ``sync_at(step)`` holds (checkpoints, evals) and at
@@ -214,6 +220,9 @@ def train_loop(state, step_fn, batches: Iterator, *, steps: int, on_metrics=None
         t_last = now
         if tokens_per_step:
             host["tokens_per_s"] = tokens_per_step / max(host["step_time"], 1e-9)
+        if tokens_per_step and flops_per_token:
+            host.update(perf_metrics(host["step_time"], tokens_per_step, flops_per_token,
+                                     jax.device_count(), peak_flops))
         loss = host.get("loss", 0.0)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise NonFiniteLoss(f"loss is {loss} at step {step_no}")

@@ -56,6 +56,10 @@ def test_lm_pretrain_tiny_end_to_end(tmp_path):
     assert loss[6] < 0.85 * loss[1], loss
     ev = [r["loss"] for r in recs if r["split"] == "eval"]
     assert ev[1] < 0.95 * ev[0], ev
+    perf_keys = {"perf/tokens_per_s", "perf/tflops_per_device", "perf/mfu"}
+    for r in (r for r in recs if r["split"] == "train"):  # MFU on a CPU: vs the measured peak
+        assert perf_keys <= set(r) and r["perf/tokens_per_s"] == r["tokens_per_s"]
+        assert r["perf/tflops_per_device"] > 0 and 0 < r["perf/mfu"] < 10
     prov = json.loads((wd / "provenance.json").read_text())
     assert prov["versions"]["jax"] == "0.10.2" and prov["git_commit"]
 
