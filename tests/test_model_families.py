@@ -43,15 +43,15 @@ def test_decode_matches_forward(name):
     (sliding window included: L=12 > window 5)."""
     cfg = VARIANTS[name]
     gd, params = _perturbed(cfg)
-    m = bind(gd, params)
     toks = jax.random.randint(jax.random.key(2), (2, 12), 0, cfg.vocab_size)
-    full = m(toks)
-    cache = m.init_cache(2, 12)
+    full = jax.jit(lambda p, t: bind(gd, p)(t))(params, toks)
+    decode = jax.jit(lambda p, t, c, i: bind(gd, p).decode(t, c, i))
+    cache = bind(gd, params).init_cache(2, 12)
     assert cache[0][0].shape == (2, 12, cfg.kv_heads, cfg.head_dim_)
-    pre, cache = m.decode(toks[:, :7], cache, 0)
+    pre, cache = decode(params, toks[:, :7], cache, 0)
     steps = [pre]
     for t in range(7, 12):
-        lg, cache = m.decode(toks[:, t:t + 1], cache, t)
+        lg, cache = decode(params, toks[:, t:t + 1], cache, t)
         steps.append(lg)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5)
 
@@ -120,13 +120,16 @@ def test_gemma_norm_scale_and_softcap():
 
 def test_gqa_params_sharded_by_rules():
     """kv heads on tensor when divisible (2 over 2), replicated when not (MQA's 1)."""
+    m = mesh((1, 2, 2))
     for k, want in [(2, "tensor"), (1, None)]:
         cfg = dataclasses.replace(TINY, n_kv_heads=k)
-        _, params, _ = sh.init_params(lambda c=cfg: GPT(c, rngs=nnx.Rngs(0)), mesh((1, 2, 2)))
-        spec = params["block_0"]["attn"]["kv_Dx2xKxH"].sharding.spec
-        assert tuple(spec)[:3] == ("fsdp", None, want)
-        assert tuple(params["block_0"]["attn"]["q_DxNxH"].sharding.spec)[:2] == ("fsdp",
-                                                                                  "tensor")
+        abs_state = nnx.state(nnx.eval_shape(lambda c=cfg: GPT(c, rngs=nnx.Rngs(0))), nnx.Param)
+        specs = sh.param_specs(abs_state)["block_0"]["attn"]
+        shapes = nnx.to_pure_dict(abs_state)["block_0"]["attn"]
+        kv = sh.fit_spec(specs["kv_Dx2xKxH"], shapes["kv_Dx2xKxH"].shape, m)
+        assert tuple(kv)[:3] == ("fsdp", None, want)
+        q = sh.fit_spec(specs["q_DxNxH"], shapes["q_DxNxH"].shape, m)
+        assert tuple(q)[:2] == ("fsdp", "tensor")
 
 
 @pytest.mark.parametrize("kw,msg", [
