@@ -144,6 +144,9 @@ def test_gapt_continues_pretraining_a_qwen3_in_its_tokens(qwen3_dir, tmp_path):
         r[k] for r in rows if r["split"] == "eval" for k in ("val_ce", "val_mbe")]
     assert len(losses) == 5 and np.isfinite(losses).all()
     assert "val CE (nats/token)" in (tmp_path / "res" / "README.md").read_text()
+    from lm.probe import probe  # per-layer MBE of the continued run, on its own (BPE) data
+    res = probe(str(wd / "gapt_s0"), batches=1, plot=False)
+    assert res["step"] == 3 and len(res["patch_mbe"]) == 3 and np.isfinite(res["global_mbe"]).all()
     tok = HFTokenizer.load(qwen3_dir)
     data = data_lib.DataCfg(source="synthetic", synthetic_docs=32, tokenizer=qwen3_dir)
     b = data_lib.make_eval_batches(data, batch_size=8, seq_len=32, max_batches=1)[0]
