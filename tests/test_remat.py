@@ -71,3 +71,24 @@ def test_full_remat_lowers_temp_bytes():
 def test_bad_remat_is_one_clear_error():
     with pytest.raises(ValueError, match=r"model.remat='some' is not one of \('none', 'full'"):
         dataclasses.replace(BASE, remat="some")
+
+
+def test_remat_keeps_dlr_steering_hiddens_and_dropout():
+    """The scanned path cuts at the DLR layer and draws the same dropout masks per block."""
+    from lm.routing import DLRCfg
+    cfg = dataclasses.replace(TINY, n_layers=3, dropout=0.1, dlr=DLRCfg(layer=1, codes=4,
+                                                                         chunk=4))
+    toks = jax.numpy.asarray(random_batch(2, 16, TINY.vocab_size)["inputs"])
+    codes = jax.numpy.asarray(np.random.default_rng(0).integers(0, 4, (2, 4)), jax.numpy.int32)
+    outs = {}
+    for policy in ("none", "full"):
+        model = GPT(dataclasses.replace(cfg, remat=policy), rngs=nnx.Rngs(0))
+        gd, p = nnx.graphdef(model), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        f = jax.jit(lambda p, t, c, gd=gd: nnx.merge(gd, nnx.State(p))(
+            t, rng=jax.random.key(5), codes_BxM=c, return_hidden=True))
+        outs[policy] = jax.tree.map(np.asarray, f(p, toks, codes))
+    (lg, hs), (lg_ref, hs_ref) = outs["full"], outs["none"]
+    assert len(hs) == len(hs_ref) == 4
+    np.testing.assert_allclose(lg, lg_ref, atol=1e-6, rtol=1e-6)
+    for h, r in zip(hs, hs_ref):
+        np.testing.assert_allclose(h, r, atol=1e-6, rtol=1e-6)
