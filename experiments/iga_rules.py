@@ -18,6 +18,14 @@ Writes config.json, provenance.json, references.jsonl (teacher), results.jsonl (
 seed x arm x iteration), README.md (table + verdict) and plot.png to ``--workdir``.
 Deviations kept from the spec: graph as text, not image; reference-agreement judge instead of the
 student's self-check; exact checkers instead of an LLM judge; K=3 iterations (official 4).
+
+With ``--set model.init_from=<HF dir | run dir>`` the student is that checkpoint: its architecture
+and weights are the base model of every seed (seeds then vary only data order and sampling), its
+tokenizer replaces ``iga.tokenizer``, and its own chat template (when it has one) renders the
+student's prompts for sampling and for the SFT pairs (``rl.iga.agents.chat_format``). Set
+``iga.pretrain_steps=0`` to start SAIL from the checkpoint as it is. A chat template makes prompts
+longer: ``iga.prompt_len`` / ``iga.seq_len`` too short for them are one ``error:`` naming the
+lengths needed, before anything is written.
 """
 
 from __future__ import annotations
@@ -30,13 +38,22 @@ from experiments.base import main, prepare_run_dir
 from experiments.config import Config, RunCfg
 from experiments.iga_report import write_report
 from experiments.iga_scenarios import SCENARIOS, STYLES, World, all_texts
+from lm import pretrained
 from lm.model import ModelCfg
 from lm.optim import OptCfg
 from lm.sharding import ConfigError, MeshCfg
 from rl.iga import igp as I
 from rl.iga import prompts as Pr
 from rl.iga import sail
-from rl.iga.agents import EndpointCfg, OpenAICompatClient, RuleTeacher, ScriptedHelper, StudentChat
+from rl.iga.agents import (
+    EndpointCfg,
+    OpenAICompatClient,
+    RuleTeacher,
+    ScriptedHelper,
+    StudentChat,
+    chat_format,
+    compact_render,
+)
 from rl.iga.graph import enhance
 
 ARMS = {"iga": {}, "continue": {"continue_training": True}, "no_helpers": {"use_helpers": False},
@@ -109,12 +126,16 @@ def check_config(cfg: IGAConfig):
 
 
 def make_tokenizer(cfg: IGAConfig):
+    """``iga.tokenizer``'s tokenizer; with ``model.init_from`` the checkpoint's (when it has a
+    ``tokenizer.json``; ``lm.pretrained.run_tokenizer``). ``cfg`` must be resolved."""
     if cfg.iga.tokenizer == "bytes":
         from tokenization.bytes import ByteTokenizer
         tok = ByteTokenizer()
     else:
         from rl.iga.words import WordTokenizer
         tok = WordTokenizer.from_texts(all_texts())
+    if cfg.model.init_from:
+        return pretrained.run_tokenizer(cfg.model, tok)
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} < tokenizer vocab "
                           f"{tok.vocab_size}; set --set model.vocab_size={tok.vocab_size}")
@@ -135,15 +156,34 @@ def key(q) -> str:
     return f"{q.scenario}|{q.text}"
 
 
-def pretrain_examples(world: World, train, test, seed: int) -> list[tuple[str, str]]:
-    """Rule-free answers to every query (x2) + graph-following answers on the train queries."""
+def check_lengths(g: IGACfg, tok, fmt, prompts, examples):
+    """One ``ConfigError`` when the student's ``prompts`` (chats sampled at evaluation) or the
+    ``(prompt, answer)`` ``examples`` do not fit ``iga.prompt_len`` / ``iga.seq_len`` in ``fmt``
+    (hinted SAIL prompts are checked when sampled)."""
+    from rl.iga.sft import encode_pair
+    p_max = max(len(fmt.encode(tok, m)) for m in prompts)
+    e_max = max(sum(map(len, encode_pair(tok, p, a, fmt.add_bos))) for p, a in examples) - 1
+    bad = ([f"iga.prompt_len={g.prompt_len} < {p_max} (longest student prompt)"]
+           if p_max > g.prompt_len else [])
+    bad += ([f"iga.seq_len={g.seq_len} < {e_max} (longest pretraining example)"]
+            if e_max > g.seq_len else [])
+    if bad:
+        raise ConfigError(f"with the {fmt.name} prompt format and this tokenizer "
+                          f"({tok.vocab_size} ids): {'; '.join(bad)}; raise them (with "
+                          f"iga.prompt_len + iga.max_new_tokens and iga.seq_len <= model.max_len)")
+
+
+def pretrain_examples(world: World, train, test, seed: int,
+                      render=compact_render) -> list[tuple[str, str]]:
+    """Rule-free answers to every query (x2) + graph-following answers on the train queries,
+    prompts rendered with ``render`` (the student's ``ChatFormat.render``)."""
     import numpy as np
     rng = np.random.default_rng(seed)
     out = []
     for q in train + test:
         sc = world.scenarios[q.scenario]
         for _ in range(2):
-            out.append((StudentChat.render(Pr.naive(sc.rule, q.text)),
+            out.append((render(Pr.naive(sc.rule, q.text)),
                         sc.default_answer(q, int(rng.integers(2)))))
     for q in train:
         sc = world.scenarios[q.scenario]
@@ -151,7 +191,7 @@ def pretrain_examples(world: World, train, test, seed: int) -> list[tuple[str, s
         for _ in range(3):
             hint = g.to_hint(" ; ")
             follow = world.restricted_by_hint(sc.rule, q.text, hint.split(" ; "))
-            out.append((StudentChat.render(Pr.propose(sc.rule, q.text, hint)),
+            out.append((render(Pr.propose(sc.rule, q.text, hint)),
                         world.answer(sc.rule, q.text, follow, int(rng.integers(2)))))
             g = enhance(g)
     return out
@@ -173,14 +213,20 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
 
     from lm import metrics as M
     from rl.iga.sft import SFTTrainer
+    cfg = pretrained.resolve(cfg)  # model.init_from: the checkpoint's architecture (idempotent)
     check_config(cfg)
     g = cfg.iga
+    world, tok = World(g.scenarios), make_tokenizer(cfg)
+    fmt = chat_format(tok)  # the checkpoint's chat template, else the compact render
+    train, test = split_queries(world, g.max_train)
+    rule = lambda q: world.scenarios[q.scenario].rule
+    test_chats = [Pr.naive(rule(q), q.text) for q in test]
+    pre = [pretrain_examples(world, train, test, seed, fmt.render) for seed in range(g.seeds)]
+    check_lengths(g, tok, fmt, [Pr.naive(rule(q), q.text) for q in train] + test_chats,
+                  [ex for exs in pre for ex in exs])
     prepare_run_dir(workdir, cfg)
     M.write_provenance(workdir, argv=argv, name="provenance.json", openai=_ver("openai"),
                        allow_dirty=cfg.run.allow_dirty)
-    world, tok = World(g.scenarios), make_tokenizer(cfg)
-    train, test = split_queries(world, g.max_train)
-    rule = lambda q: world.scenarios[q.scenario].rule
     t0 = time.time()
     teacher = OpenAICompatClient(g.teacher) if g.teacher.base_url else RuleTeacher(world)
     # all-or-nothing: an endpoint failure raises here and no references.jsonl is written
@@ -195,10 +241,10 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
                 for h, e in enumerate(g.helper_errors)])
     judge = sail.make_judge(world.decision, g.judge_noise)
     trainer = SFTTrainer(cfg.model, cfg.opt, tok, batch_size=g.batch_size, seq_len=g.seq_len,
-                         total_steps=max(g.pretrain_steps, g.sft_steps * g.iterations))
+                         total_steps=max(g.pretrain_steps, g.sft_steps * g.iterations),
+                         add_bos=fmt.add_bos)
     student = lambda p: StudentChat(trainer.graphdef, p, tok, prompt_len=g.prompt_len,
-                                    max_new_tokens=g.max_new_tokens)
-    test_chats = [Pr.naive(rule(q), q.text) for q in test]
+                                    max_new_tokens=g.max_new_tokens, fmt=fmt)
 
     def evaluate(params):
         return compliance(world, test, student(params).chat_many(test_chats, temperature=0.0))
@@ -211,13 +257,11 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
               f"(indirect {row['indirect']:.3f}) gaps {row.get('n_gaps', '-')}", flush=True)
 
     for seed in range(g.seeds):
-        base, losses = trainer.fit(trainer.init_params(seed),
-                                   pretrain_examples(world, train, test, seed),
-                                   g.pretrain_steps, seed)
+        base, losses = trainer.fit(trainer.init_params(seed), pre[seed], g.pretrain_steps, seed)
         base = jax.device_get(base)
         log({"seed": seed, "arm": "base", "iteration": 0, "steps": 0,
              "pretrain_loss": sum(losses[-20:]) / 20, **evaluate(base)})
-        sft_pairs = [(StudentChat.render(m), a) for m, a in sail.training_chats(
+        sft_pairs = [(fmt.render(m), a) for m, a in sail.training_chats(
             [sail.Pair(it.key, it.rule, it.query, it.reference, "teacher", 0) for it in items])]
         params = base
         for k in range(1, g.iterations + 1):  # continued run, evaluated every sft_steps
@@ -229,7 +273,7 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
                                 n_parrot=g.n_parrot, temperature=g.temperature, **ARMS[arm])
 
             def finetune(start, pairs, k, seed=seed):
-                ex = [(StudentChat.render(m), a) for m, a in sail.training_chats(pairs)]
+                ex = [(fmt.render(m), a) for m, a in sail.training_chats(pairs)]
                 return trainer.fit(start, ex, g.sft_steps, seed * 1009 + k)[0]
 
             sail.run(base, items, make_student=student, helpers=helpers, judge=judge,

@@ -163,3 +163,69 @@ def test_tiny_preset_end_to_end(tmp_path):
     for f in ("README.md", "plot.png", "versions.json", "provenance.json", "config.json"):
         assert (wd / f).exists()
     assert main(PRESETS, run, argv=["--set", "iga.arms=nope", "--workdir", str(wd)]) == 2
+
+
+@pytest.mark.slow
+def test_student_starts_from_a_pretrained_checkpoint_and_its_chat_template(qwen3_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    """``model.init_from=<tiny Qwen3 with a ChatML template>``: the checkpoint's weights are the
+    base student (``pretrain_steps=0``) and its own template renders every prompt the student
+    samples and trains on; prompts too long for ``iga.prompt_len`` are one ``error:``."""
+    import jax
+    import numpy as np
+
+    from experiments.base import main
+    from experiments.iga_rules import PRESETS, run
+    from lm import hf
+    from rl.iga.agents import StudentChat
+    from rl.iga.sft import SFTTrainer
+    from tokenization.hf import HFTokenizer
+    sampled, fits = [], []
+    chat_many, fit = StudentChat.chat_many, SFTTrainer.fit
+
+    def spy_chat(self, chats, **kw):
+        sampled.append((jax.device_get(self.params), chats, self.encode_prompts(chats)))
+        return chat_many(self, chats, **kw)
+
+    def spy_fit(self, params, examples, steps, seed=0):
+        fits.append((jax.device_get(params), examples, steps))
+        return fit(self, params, examples, steps, seed)
+
+    monkeypatch.setattr(StudentChat, "chat_many", spy_chat)
+    monkeypatch.setattr(SFTTrainer, "fit", spy_fit)
+    wd = tmp_path / "run"
+    sets = [f"model.init_from={qwen3_dir}", "model.max_len=256", "iga.scenarios=forbidden_entity",
+            "iga.max_train=4", "iga.pretrain_steps=0", "iga.sft_steps=1", "iga.n_think=0",
+            "iga.n_parrot=1", "iga.helper_errors=0.1", "iga.batch_size=8", "iga.seq_len=256",
+            "iga.max_new_tokens=8"]  # seq_len: the (unused) hinted pretraining examples fit
+    rc = main(PRESETS, run, argv=["--preset", "smoke", "--workdir", str(wd), "--set", *sets,
+                                  "iga.prompt_len=112"])
+    assert rc == 0
+    rows = [json.loads(x) for x in open(wd / "results.jsonl")]
+    assert [r["arm"] for r in rows] == ["teacher_naive", "teacher_igp", "base", "plain_sft", "iga"]
+    # the starting point is the checkpoint: the pretraining fit (0 steps) starts from it and the
+    # base row samples with it, tensor for tensor
+    _, ckpt = hf.load(qwen3_dir)
+    for params in (fits[0][0], sampled[0][0]):
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ckpt), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert fits[0][2] == 0 and [f[2] for f in fits[1:]] == [1, 1]
+    # prompts: the checkpoint's ChatML template with the generation prompt, no extra BOS
+    tok = HFTokenizer.load(qwen3_dir)
+    render = lambda m: tok.apply_chat_template(m, add_generation_prompt=True)  # noqa: E731
+    chats, (ids, lens) = sampled[0][1], sampled[0][2]
+    first = render(chats[0])
+    assert first.startswith("<|im_start|>system\n") and first.endswith("<|im_start|>assistant\n")
+    for c, row, n in zip(chats, ids, lens):
+        np.testing.assert_array_equal(row[:n], tok.apply_chat_template(c, tokenize=True))
+    # SFT pairs are rendered the same way: plain SFT trains on the naive chats of the train
+    # queries, and every pretraining prompt is a template render too
+    queries = [json.loads(x)["query"] for x in open(wd / "references.jsonl")]
+    assert {p for p, _ in fits[1][1]} == {render(Pr.naive(SC.rule, q)) for q in queries}
+    assert all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n")
+               for f in fits for p, _ in f[1])
+    bad = tmp_path / "bad"
+    assert main(PRESETS, run, argv=["--preset", "smoke", "--workdir", str(bad), "--set", *sets,
+                                    "iga.prompt_len=40"]) == 2
+    assert "iga.prompt_len=40 < 104 (longest student prompt)" in capsys.readouterr().err
+    assert not bad.exists()

@@ -16,17 +16,22 @@ scripted helpers, and ``StudentChat`` (the local JAX GPT), so one loop drives lo
   follows the graph in a PROPOSE hint but errs with probability ``error_rate`` (answers as if
   there were no rule); PARROT paraphrases the teacher's answer in the helper's style with
   probability ``parrot_fidelity``. Randomness: ``seed`` x query text x sample index.
-- ``StudentChat`` renders a chat as ``<bos> <sys> rule <user content> <a>`` for the word-level
-  tokenizer and samples with ``lm.sample.generate`` (KV cache), padded to fixed shapes so one
-  compiled program serves every call.
+- ``StudentChat`` renders a chat with its ``ChatFormat`` and samples with ``lm.sample.generate``
+  (KV cache), padded to fixed shapes so one compiled program serves every call. ``chat_format(tok)``
+  picks the format once per run: a checkpoint's own chat template (``tokenization.hf``,
+  ``add_generation_prompt=True``) when the tokenizer is a loaded checkpoint's and has one, else
+  the compact ``<bos> <sys> rule <user content> <a>`` of the word-level student. The SFT pairs
+  are rendered with the same format, so training and sampling see one prompt format.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -171,22 +176,55 @@ class ScriptedHelper:
         return out
 
 
+def compact_render(messages) -> str:
+    """``<sys> system <user content> <a>``: the word-level student's compact chat text."""
+    system = " ".join(m["content"] for m in messages if m["role"] == "system")
+    user = " ".join(m["content"] for m in messages if m["role"] == "user")
+    return f"<sys> {system} {user} <a>"
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """How the student's chats become prompt ids: ``render(messages) -> text``, then the
+    tokenizer's ids with its BOS in front when ``add_bos`` (off for a chat template, which writes
+    its own specials). Used for sampling (``StudentChat``) and the SFT pairs alike."""
+
+    name: str
+    render: Callable[[list[dict]], str]
+    add_bos: bool = True
+
+    def encode(self, tok, messages) -> np.ndarray:
+        return tok.encode(self.render(messages), add_bos=self.add_bos)
+
+
+COMPACT = ChatFormat("compact", compact_render)
+
+
+def chat_format(tok) -> ChatFormat:
+    """The prompt format for ``tok``: a loaded checkpoint's own chat template (its ``.hf``
+    tokenizer, ``lm.pretrained.CheckpointTokenizer``) when it has one; else the compact render,
+    framed the checkpoint's way (its BOS only when its post-processor adds one) or, for the
+    experiment's own tokenizers, with ``<bos>`` as always."""
+    hf = getattr(tok, "hf", None)
+    if hf is None:
+        return COMPACT
+    if hf.chat_templates:
+        return ChatFormat("chat_template", functools.partial(hf.apply_chat_template,
+                                                             add_generation_prompt=True),
+                          add_bos=False)
+    return ChatFormat("compact", compact_render, add_bos=tok.prompt_bos)
+
+
 class StudentChat:
-    """The local JAX GPT as a ChatModel (compact prompts; one sampled answer per row)."""
+    """The local JAX GPT as a ChatModel (prompts in ``fmt``; one sampled answer per row)."""
 
     def __init__(self, graphdef, params, tok, *, prompt_len: int, max_new_tokens: int,
-                 batch: int = 64):
-        self.graphdef, self.params, self.tok = graphdef, params, tok
+                 batch: int = 64, fmt: ChatFormat = COMPACT):
+        self.graphdef, self.params, self.tok, self.fmt = graphdef, params, tok, fmt
         self.P, self.T, self.B = prompt_len, max_new_tokens, batch
 
-    @staticmethod
-    def render(messages) -> str:
-        system = " ".join(m["content"] for m in messages if m["role"] == "system")
-        user = " ".join(m["content"] for m in messages if m["role"] == "user")
-        return f"<sys> {system} {user} <a>"
-
     def encode_prompts(self, chats) -> tuple[np.ndarray, np.ndarray]:
-        rows = [self.tok.encode(self.render(c), add_bos=True) for c in chats]
+        rows = [self.fmt.encode(self.tok, c) for c in chats]
         too_long = [len(r) for r in rows if len(r) > self.P]
         if too_long:
             raise ValueError(f"a prompt has {max(too_long)} tokens > prompt_len={self.P}")
@@ -203,8 +241,9 @@ class StudentChat:
         if not chats:
             return []
         ids, lens = self.encode_prompts(chats)
+        stop = tuple(i for i in getattr(self.tok, "eos_ids", ()) if i != self.tok.eos_id)
         cfg = SampleCfg(max_new_tokens=self.T, temperature=temperature,
-                        eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+                        eos_id=self.tok.eos_id, pad_id=self.tok.pad_id, stop_ids=stop)
         out = []
         for s in range(0, len(chats), self.B):
             k = min(self.B, len(chats) - s)
@@ -214,8 +253,8 @@ class StudentChat:
             rng = jax.random.fold_in(jax.random.key(seed), s)
             res = generate(self.graphdef, self.params, bi, bl, cfg,
                            rng if temperature > 0 else None)
-            toks = np.asarray(res["tokens_BxT"])[:k]
-            out += [self.tok.decode(t) for t in toks]
+            toks, n = np.asarray(res["tokens_BxT"])[:k], np.asarray(res["lengths_B"])[:k]
+            out += [self.tok.decode(t[:m]) for t, m in zip(toks, n)]  # up to and incl. EOS
         return out
 
     def chat(self, messages, *, n=1, temperature=0.8, max_tokens=128, seed=0) -> list[str]:

@@ -24,25 +24,33 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lm import pretrained
 from lm import sharding as sh
+from lm.config import Config
 from lm.losses import xent
 from lm.model import GPT
 from lm.optim import make_optimizer
 from lm.packing import pack_examples
+from lm.setup import pretrained_params
 from lm.train import init_state, make_train_step, state_shardings
 
 _LOSS_CFG = types.SimpleNamespace(train=types.SimpleNamespace(z_loss=0.0))
 
 
-def encode_examples(tok, examples, seq_len: int) -> dict[str, np.ndarray]:
-    """``inputs/targets/mask`` [N, seq_len]: ``<bos> prompt answer <eos>`` right-padded, mask 1
-    on the targets that are answer tokens or the final ``<eos>``."""
+def encode_pair(tok, prompt: str, answer: str, add_bos: bool = True):
+    """``(prompt_ids, answer_ids)``: ``[<bos>] prompt`` and ``answer <eos>``."""
+    return tok.encode(prompt, add_bos=add_bos), tok.encode(answer, add_eos=True)
+
+
+def encode_examples(tok, examples, seq_len: int, add_bos: bool = True) -> dict[str, np.ndarray]:
+    """``inputs/targets/mask`` [N, seq_len]: ``<bos> prompt answer <eos>`` right-padded (no
+    ``<bos>`` with ``add_bos=False``: a chat template's render writes its own), mask 1 on the
+    targets that are answer tokens or the final ``<eos>``."""
     n = len(examples)
     seq = np.full((n, seq_len + 1), tok.pad_id, np.int32)
     mask = np.zeros((n, seq_len), np.float32)
     for i, (prompt, answer) in enumerate(examples):
-        p = tok.encode(prompt, add_bos=True)
-        a = tok.encode(answer, add_eos=True)
+        p, a = encode_pair(tok, prompt, answer, add_bos)
         if len(p) + len(a) > seq_len + 1:
             raise ValueError(f"example {i} has {len(p) + len(a)} tokens > seq_len+1="
                              f"{seq_len + 1}: {prompt!r} -> {answer!r}")
@@ -77,40 +85,54 @@ def bucket(n: int, cap: int) -> int:
 
 
 class SFTTrainer:
-    """One compiled train step for the student; ``fit`` any params on any examples."""
+    """One compiled train step for the student; ``fit`` any params on any examples.
+
+    With ``model_cfg.init_from`` the architecture is the checkpoint's (``lm.pretrained.resolve``)
+    and ``init_params`` gives its weights. ``add_bos``: whether prompts get the tokenizer's BOS
+    (the student's ``ChatFormat.add_bos``, so SFT pairs are framed as sampled prompts are)."""
 
     def __init__(self, model_cfg, opt_cfg, tok, *, batch_size: int, seq_len: int,
-                 total_steps: int = 1000, mesh=None, seed: int = 0, packing: str = "none"):
+                 total_steps: int = 1000, mesh=None, seed: int = 0, packing: str = "none",
+                 add_bos: bool = True):
         if packing not in ("none", "document"):
             raise ValueError(f"packing={packing!r} is not one of ['none', 'document']")
         self.tok, self.B, self.L, self.packing = tok, batch_size, seq_len, packing
-        self.model_cfg = model_cfg
+        self.add_bos = add_bos
+        self.model_cfg = (pretrained.resolve(Config(model=model_cfg)).model
+                          if model_cfg.init_from else model_cfg)
         self.mesh = mesh or sh.make_mesh(sh.MeshCfg(data=-1))
         n_data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if batch_size % n_data:
             raise ValueError(f"batch_size={batch_size} must divide by the data axes ({n_data})")
-        self.graphdef, params, self.p_shard = self._init(seed)
-        tx, lr_fn = make_optimizer(opt_cfg, params, total_steps)
-        shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
+        # abstract: nothing is materialised here (init_params gives the weights)
+        self.graphdef, p_shapes, self.p_shard = sh.abstract_params(self._model_fn(seed),
+                                                                   self.mesh)
+        tx, lr_fn = make_optimizer(opt_cfg, p_shapes, total_steps)
+        shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), p_shapes)
         s_shard = state_shardings(shapes, self.p_shard, self.mesh)
         self._state = jax.jit(lambda p, s: init_state(jax.tree.map(lambda x: x + 0.0, p), tx, s),
                               static_argnums=1, out_shardings=s_shard)
         self.step = make_train_step(xent, tx, model=self.graphdef, cfg=_LOSS_CFG, mesh=self.mesh,
                                     state_sharding=s_shard, lr_fn=lr_fn)
 
-    def _init(self, seed: int):
-        return sh.init_params(lambda: GPT(self.model_cfg, rngs=nnx.Rngs(seed)), self.mesh)
+    def _model_fn(self, seed: int):
+        return lambda: GPT(self.model_cfg, rngs=nnx.Rngs(seed))
 
     def init_params(self, seed: int):
-        """Fresh random weights (a new base model per seed)."""
-        return self._init(seed)[1]
+        """Fresh random weights (a new base model per seed). With ``model.init_from``: the
+        checkpoint's weights read straight onto the trainer's shardings (``lm.setup.
+        pretrained_params``), the same for every seed, so seeds then vary only the data order
+        and sampling (and a fresh DLR router, if one is configured)."""
+        if self.model_cfg.init_from:
+            return pretrained_params(self.model_cfg, self._model_fn(seed), self.mesh)[1]
+        return sh.init_params(self._model_fn(seed), self.mesh)[1]
 
     def fit(self, params, examples, steps: int, seed: int = 0) -> tuple[dict, list[float]]:
         """``steps`` optimizer steps from ``params`` (fresh optimizer state) over shuffled epochs
         of ``examples``. Returns the new params and the per-step losses."""
         if not examples:
             raise ValueError("fit got no examples")
-        data = encode_examples(self.tok, examples, self.L)
+        data = encode_examples(self.tok, examples, self.L, self.add_bos)
         lengths = (data["inputs"] != self.tok.pad_id).sum(1)
         rng = np.random.default_rng(seed)
         order, pos = rng.permutation(len(examples)), 0
@@ -148,7 +170,7 @@ class SFTTrainer:
         return sh.shard_batch({k: v[:, :width] for k, v in out.items()}, self.mesh)
 
     def mean_loss(self, params, examples) -> float:
-        data = encode_examples(self.tok, examples, self.L)
+        data = encode_examples(self.tok, examples, self.L, self.add_bos)
         _, aux = xent(params, {k: jnp.asarray(v) for k, v in data.items()},
                       model=self.graphdef, rng=None, cfg=_LOSS_CFG)
         return float(aux["loss"][0] / aux["loss"][1])
