@@ -1,8 +1,9 @@
 """Tiny random Hugging Face checkpoints built in the test (nothing downloaded), one per family.
 
-Every parameter is perturbed (``+ 0.1 N(0, 1)``) after transformers' init so biases and norm
-weights are not their trivial zeros/ones and the distributions are peaked enough for a greedy
-32-token comparison. fp32, eager attention.
+Every parameter is perturbed after transformers' init (vectors ``+ 0.1 N(0, 1)``, matrices
+``+ 0.25 N(0, 1)``) so biases and norm weights are not their trivial zeros/ones and greedy
+32-token continuations are varied (with transformers' 0.02 init most families repeat one
+token), not a constant stream. fp32, eager attention.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def build(name: str, out_dir: str, seed: int = 0, dtype: str = "float32"):
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+            p.add_((0.1 if p.ndim == 1 else 0.25) * torch.randn_like(p))
     model = model.to(getattr(torch, dtype)).eval()
     model.save_pretrained(out_dir)
     return model
