@@ -158,10 +158,14 @@ def test_bf16_checkpoint_loads_as_bf16(dirs):
     want32 = fx.hf_logits(model.float(), toks, mask)
     got32 = np.asarray(bind(hf.graphdef(cfg32), p32)(jnp.asarray(toks)))
     assert np.abs(got32 - want32)[valid].max() < 1e-4
-    # bf16 compute: within bf16 rounding of the fp32 logits (2 layers, |logit| ~ 1)
+    # bf16 compute: no further from the fp32 logits than transformers' own bf16 forward is
+    # (recorded: ours 0.10, transformers 0.17, |logit| <= 4.9)
+    model16 = transformers.AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager", dtype=torch.bfloat16).eval()
+    hf_err = np.abs(fx.hf_logits(model16, toks, mask) - want32)[valid].max()
     got = np.asarray(bind(hf.graphdef(cfg), params)(jnp.asarray(toks)))
-    scale = np.abs(want32[valid]).max()
-    assert np.abs(got - want32)[valid].max() < 0.05 * scale
+    err = np.abs(got - want32)[valid].max()
+    assert err <= 1.5 * hf_err and err < 0.05 * np.abs(want32[valid]).max(), (err, hf_err)
 
 
 def _copy(src, dst):
