@@ -110,7 +110,7 @@ def test_exported_run_directory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["llama", "gemma"])
-def test_sharded_load_equals_single_device_and_holds_only_shards(dirs, name):
+def test_sharded_load_equals_single_device_and_holds_only_shards(dirs, name, tmp_path):
     """fsdp=4 x tensor=2: llama's 2 kv heads split over tensor, gemma's single (MQA) kv head
     replicated; every device holds exactly its shard (no full copy of a sharded weight)."""
     m = mesh((1, 4, 2))
@@ -133,6 +133,9 @@ def test_sharded_load_equals_single_device_and_holds_only_shards(dirs, name):
     assert kv_spec[:3] == ("fsdp", None, "tensor" if name == "llama" else None)
     assert tuple(sharded["embed_VxD"].sharding.spec) == ("tensor", "fsdp")
     assert n_split >= 4 * cfg.n_layers  # every weight matrix is split
+    out = hf.save(cfg, sharded, str(tmp_path / "out"))  # saving gathers the shards
+    a, b = fx.tensors(dirs[name]), fx.tensors(out)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_param_layout_repeats_one_block_exactly():
