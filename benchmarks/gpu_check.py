@@ -51,7 +51,7 @@ GPT2 = dict(vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072, m
 LLAMA_1B = dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
                 d_ff=8192, max_len=2048, pos="rope", norm="rms", mlp="swiglu", rope_base=500000.0,
                 tie_embeddings=True)  # the Llama 3.2 1B shape (1.24B params)
-SMOKE = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=64)
+SMOKE = dict(vocab_size=256, d_model=64, n_layers=1, n_heads=4, d_ff=128, max_len=64)
 # (batch, seq, timed steps) per part; decode: (batch, prompt, new tokens)
 FULL_RUN = {"gpt2": (32, 1024, 20), "llama_1b": (8, 2048, 8), "decode": (64, 128, 256)}
 SMOKE_RUN = {"gpt2": (4, 64, 2), "llama_1b": (2, 64, 2), "decode": (4, 8, 8)}

@@ -150,3 +150,19 @@ def test_auto_lowers_to_xla_on_cpu_with_default_numerics(attention):
                  jax.jit(f).lower(params, toks, seg).compile().as_text()):
         assert "cudnn" not in text.lower() and "custom_call_target=\"__cudnn" not in text
     np.testing.assert_array_equal(np.asarray(model(toks)), np.asarray(ref(toks)))
+
+
+def test_auto_picks_cudnn_only_where_it_applies():
+    from lm import attention as A
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    assert A.cudnn_supported(bf16, 64, 1024, 1024, False, backend="gpu")
+    assert not A.cudnn_supported(bf16, 64, 1024, 1024, False, backend="cpu")
+    assert not A.cudnn_supported(f32, 64, 1024, 1024, False, backend="gpu")  # fp32
+    assert not A.cudnn_supported(bf16, 60, 1024, 1024, False, backend="gpu")  # head dim % 8
+    assert not A.cudnn_supported(bf16, 64, 1023, 1023, True, backend="gpu")  # odd + mask
+    assert A.implementation("auto", f32, 64, 16, 16, False) is None  # CPU: today's XLA call
+    assert A.implementation("xla", bf16, 64, 16, 16, False) == "xla"
+    assert A.implementation("cudnn", bf16, 64, 16, 16, False) == "cudnn"
+    with pytest.raises(ConfigError, match="needs bf16/fp16 compute, got model.dtype=float32"):
+        A.check("cudnn", f32, backend="gpu")
+    A.check("cudnn", bf16, backend="gpu")  # allowed on a GPU
