@@ -8,6 +8,13 @@
 
 Families: gpt2, llama, mistral, qwen2, qwen3, gemma, arcee (``lm.hf.families``). CLI:
 ``python -m lm.hf inspect DIR | export RUN_DIR OUT_DIR | sample DIR --prompt ...``.
+Not supported (one ``ConfigError`` naming the model_type or field): MoE (mixtral, qwen2_moe,
+...), multimodal, gemma2/3 (alternating sliding windows, attention softcaps), per-layer sliding
+windows (qwen2/3 ``use_sliding_window``), partial rotary, rope types other than default /
+linear / llama3 (yarn, dynamic, longrope), quantised checkpoints. Mistral's sliding window is
+implemented as a mask (the KV cache stays full length: no ring buffer). Export picks the family
+from the config; a scratch model with rotary + RMSNorm + a plain GELU MLP (the default GPT
+here) exports as ``arcee`` (Llama with a non-gated MLP); missing biases are written as zeros.
 Modules: ``families`` (config.json <-> ModelCfg), ``params`` (tensor names and layouts),
 ``safetensors_io`` (memory-mapped reading, sharded writing), ``checkpoint`` (load/save/inspect).
 """
