@@ -2,6 +2,7 @@
 
     python -m experiments.tdpo_pairs --preset tiny           # CPU (2 cores), about 6-8 minutes
     python -m experiments.tdpo_pairs --preset tiny --set data.paths=pairs.jsonl   # real pairs
+    python -m experiments.tdpo_pairs --preset tiny --set exp.packing=document  # packed pairs
 
 Rerunning a killed run with the same ``--workdir`` resumes it: the SFT reference is cached in
 ``reference.npz`` and each method checkpoints (state + its records) every ``train.ckpt_every``.
@@ -17,6 +18,9 @@ preference accuracy of the implicit reward (sequence log-ratio) on held-out pair
 With ``data.paths`` (JSONL ``{prompt, chosen, rejected}``, HH-RLHF / UltraFeedback shape; byte
 tokens, truncated) the SFT uses the chosen responses and only KL / preference accuracy are
 reported (there is no programmatic reward). Results to ``exp.results_dir``.
+``exp.packing=document`` packs up to ``exp.pack_slots`` pairs per row of ``exp.pack_len`` tokens
+(``rl.pref_packing``; same pairs, same loss up to float rounding, fewer padded tokens); the
+default ``none`` keeps today's one-pair-per-row batches.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from lm.train import TrainCfg, to_host
 from rl import report
 from rl import rewards as RW
 from rl.losses import LossCfg, pref_logps
+from rl.pref_packing import pack_pairs
 from tokenization.bytes import ByteTokenizer
 
 TOK = ByteTokenizer()
+PACKINGS = ("none", "document")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,17 @@ class PairExpCfg:
     max_prompt: int = 48  # bytes kept of a JSONL prompt
     max_completion: int = 48
     results_dir: str = "results/tdpo_pairs"
+    # "document": several pairs per row (rl.pref_packing), attention kept inside each sequence
+    packing: str = "none"
+    pack_slots: int = 4  # at most this many pairs per packed row
+    pack_len: int = 0  # packed row length; 0 = 2 * train.seq_len
+
+    def __post_init__(self):
+        if self.packing not in PACKINGS:
+            raise ConfigError(f"exp.packing={self.packing!r} is not one of {list(PACKINGS)}")
+        if self.pack_slots < 1 or self.pack_len < 0 or self.pack_len == 1:
+            raise ConfigError(f"exp.pack_slots={self.pack_slots} must be >= 1 and "
+                              f"exp.pack_len={self.pack_len} 0 (= 2 * seq_len) or >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +108,22 @@ def pack(prompts, completions, S, tok=TOK):
         toks[i, : len(ids)] = ids
         mask[i, len(p): len(ids)] = 1.0
     return toks, mask
+
+
+def pair_batch(prompts, chosen, rejected, S, e: PairExpCfg, row_multiple: int = 1, tok=TOK):
+    """One train batch of pairs: today's right-padded [N, S] rows (``exp.packing="none"``) or
+    ``rl.pref_packing.pack_pairs`` rows of ``exp.pack_len`` holding up to ``exp.pack_slots``
+    pairs each (``"document"``), the row count a multiple of ``row_multiple``. The packed row
+    count follows the sequence lengths, so ragged data can compile more than one step shape."""
+    c_t, c_m = pack(prompts, chosen, S, tok)
+    r_t, r_m = pack(prompts, rejected, S, tok)
+    if e.packing == "none":
+        return {"chosen_tokens": c_t, "chosen_mask": c_m, "rejected_tokens": r_t,
+                "rejected_mask": r_m}
+    length = lambda cs: [min(len(p) + len(c) + 1, S) for p, c in zip(prompts, cs)]  # noqa
+    return pack_pairs(c_t, c_m, length(chosen), r_t, r_m, length(rejected),
+                      row_len=e.pack_len or 2 * S, slots=e.pack_slots, pad_id=tok.pad_id,
+                      row_multiple=row_multiple)
 
 
 def synthetic_prompts(n, rng, tok=TOK):
@@ -243,15 +276,16 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
             start, recs = int(data["step"]), data["records"]
             print(f"[{m}] resumed at step {start}", flush=True)
         B = cfg.train.batch_size
+        rows = cfg.train.microbatches * int(np.prod([setup.mesh.shape[a]
+                                                     for a in sh.BATCH_AXES]))
         prng = np.random.default_rng([cfg.train.seed, 7])
         for _ in range(start):  # replay the batch draws of the steps already taken
             prng.integers(0, len(tr_t), B)
         for step in range(start, cfg.train.steps):
             idx = prng.integers(0, len(tr_t), B)
-            c_t, c_m = pack([tr_t[i][0] for i in idx], [tr_t[i][1] for i in idx], S, tok)
-            r_t, r_m = pack([tr_t[i][0] for i in idx], [tr_t[i][2] for i in idx], S, tok)
-            b = sh.shard_batch({"chosen_tokens": c_t, "chosen_mask": c_m,
-                                "rejected_tokens": r_t, "rejected_mask": r_m}, setup.mesh)
+            b = sh.shard_batch(pair_batch([tr_t[i][0] for i in idx], [tr_t[i][1] for i in idx],
+                                          [tr_t[i][2] for i in idx], S, e, rows, tok),
+                               setup.mesh)
             state, met = setup.train_step(state, b)
             recs.append({"step": step + 1, "split": "train", **to_host(met)})
             if (step + 1) % e.eval_every == 0 or step + 1 == cfg.train.steps:

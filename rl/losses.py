@@ -18,6 +18,9 @@ Batches (all [B, S] row-aligned, so micro-batching and data sharding split them 
 - preference (``kind="preference"``): ``chosen_tokens``, ``chosen_mask``, ``rejected_tokens``,
   ``rejected_mask``; the frozen reference params travel in ``batch["loss_state"]["ref_params"]``
   (the train state's ``loss_state``, checkpointed with the run; SimPO ignores them).
+  Document-packed pairs (``rl.pref_packing.pack_pairs``: K pairs per row, segment ids, a
+  row-local gather index and ``pair_valid``) run the model once on the packed rows, gather the
+  per-token scores back to one row per pair and average over the valid pairs only.
 
 Hyper-parameters come from ``cfg.loss`` (a ``LossCfg``); a field left ``None`` keeps the loss's
 own default (DAPO eps_high 0.28, GSPO 3e-4/4e-4, ...), so the loss body never branches on config.
@@ -36,6 +39,7 @@ import jax.numpy as jnp
 from lm.losses import bind
 from lm.sharding import ConfigError
 from rl import policy, preference
+from rl import pref_packing as PK
 from rl.policy import aggregate, kl_estimate, pair  # noqa: F401  (building blocks re-exported)
 from rl.preference import chunked_token_stats, full_kl, token_stats  # noqa: F401
 
@@ -149,15 +153,20 @@ def _halves(x_2BxS):
     return x_2BxS[:B], x_2BxS[B:]
 
 
-def pref_logps(model, params, tokens_2BxS, rng=None):
+def pref_logps(model, params, tokens_2BxS, rng=None, **model_kw):
+    """Per-token log-probs aligned with tokens; ``model_kw``: packed rows' segment ids and
+    positions (``rl.pref_packing.model_kwargs``)."""
     m = bind(model, params)
-    return _shift(token_logprobs(m(tokens_2BxS[:, :-1], rng=rng), tokens_2BxS[:, 1:])[0])
+    return _shift(token_logprobs(m(tokens_2BxS[:, :-1], rng=rng, **model_kw),
+                                 tokens_2BxS[:, 1:])[0])
 
 
 def preference_loss(fn, reference: bool = True):
     """Wrap a pure sequence-level preference loss (DPO family, SimPO) into a ``loss_fn``."""
 
     def loss_fn(params, batch, *, model, rng=None, cfg=None):
+        if PK.is_packed(batch):
+            return _packed_preference(fn, reference, params, batch, model, rng, cfg)
         toks, mw, ml = _pair_tokens(batch)
         lw, ll = _halves(pref_logps(model, params, toks, rng))
         hp = hparams(fn, cfg)
@@ -171,20 +180,44 @@ def preference_loss(fn, reference: bool = True):
     return loss_fn
 
 
+def _packed_preference(fn, reference, params, batch, model, rng, cfg):
+    """``preference_loss`` on a packed batch (``rl.pref_packing``): one model run on the packed
+    rows, per-token log-probs gathered back to one row per pair, mean over valid pairs."""
+    toks = _pair_tokens(batch)[0]
+    kw = PK.model_kwargs(batch, toks)
+    mw, ml, valid = PK.pair_masks(batch)
+    lw, ll = PK.gather_pairs(pref_logps(model, params, toks, rng, **kw), batch)
+    hp = hparams(fn, cfg)
+    if not reference:
+        return PK.valid_pair_mean(fn, valid, lw, ll, mw, ml, **hp)
+    ref = jax.lax.stop_gradient(pref_logps(model, _ref_params(batch), toks, **kw))
+    rw, rl = PK.gather_pairs(ref, batch)
+    return PK.valid_pair_mean(fn, valid, lw, ll, rw, rl, mw, ml, **hp)
+
+
 def tdpo_loss(variant: str):
     """TDPO1/TDPO2 with the chunked full-vocabulary KL (policy and reference hidden states)."""
 
     def loss_fn(params, batch, *, model, rng=None, cfg=None):
+        packed = PK.is_packed(batch)
         toks, mw, ml = _pair_tokens(batch)
+        mkw = PK.model_kwargs(batch, toks) if packed else {}
         m, ref = bind(model, params), bind(model, _ref_params(batch))
-        _, h_pol = m(toks[:, :-1], rng=rng, return_hidden=True)
-        _, h_ref = ref(toks[:, :-1], return_hidden=True)
+        _, h_pol = m(toks[:, :-1], rng=rng, return_hidden=True, **mkw)
+        _, h_ref = ref(toks[:, :-1], return_hidden=True, **mkw)
         kl, lr, logp = chunked_token_stats(m.logits, ref.logits, h_pol[-1],
                                            jax.lax.stop_gradient(h_ref[-1]), toks[:, 1:],
                                            _chunk(cfg))
-        (kw, kl_l), (rw, rl), (pw, pl) = (_halves(_shift(x)) for x in (kl, lr, logp))
         hp = hparams(preference.tdpo, cfg)
         hp.pop("variant", None)
+        if packed:
+            mw, ml, valid = PK.pair_masks(batch)
+            (kw, kl_l), (rw, rl), (pw, pl) = (PK.gather_pairs(_shift(x), batch)
+                                              for x in (kl, lr, logp))
+            tdpo = lambda *a: preference.tdpo(*a[:6], variant=variant, logp_w=a[6],  # noqa
+                                              logp_l=a[7], **hp)
+            return PK.valid_pair_mean(tdpo, valid, rw, kw, rl, kl_l, mw, ml, pw, pl)
+        (kw, kl_l), (rw, rl), (pw, pl) = (_halves(_shift(x)) for x in (kl, lr, logp))
         return preference.tdpo(rw, kw, rl, kl_l, mw, ml, variant=variant, logp_w=pw,
                                logp_l=pl, **hp)
 
