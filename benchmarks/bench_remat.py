@@ -24,15 +24,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from benchmarks.common import SMOKE, print_machine  # noqa: E402
-from lm import sharding as sh  # noqa: E402
-from lm.losses import xent  # noqa: E402
-from lm.model import GPT, ModelCfg  # noqa: E402
-from lm.optim import OptCfg, make_optimizer  # noqa: E402
-from lm.train import TrainCfg, init_state, make_train_step, state_shardings  # noqa: E402
+from benchmarks.common import SMOKE, jax_train_setup, print_machine  # noqa: E402
+from lm.model import ModelCfg  # noqa: E402
 
 # (n_layers, d_model, n_heads, seq_len, batch, vocab)
 SHAPE = (2, 32, 2, 32, 4, 64) if SMOKE else (6, 384, 6, 256, 16, 264)
@@ -43,20 +37,7 @@ def setup(remat: str, seed: int = 0) -> dict:
     n_layers, d, n_heads, seq, batch, vocab = SHAPE
     mcfg = ModelCfg(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
                     d_ff=4 * d, max_len=seq, remat=remat)
-    ocfg = OptCfg(lr=3e-4, warmup=0, schedule="constant")
-    cfg = type("Cfg", (), {"model": mcfg, "opt": ocfg,
-                           "train": TrainCfg(batch_size=batch, seq_len=seq)})()
-    mesh = sh.make_mesh(sh.MeshCfg(data=-1), devices=jax.devices()[:1])
-    graphdef, params, p_shard = sh.init_params(lambda: GPT(mcfg, rngs=nnx.Rngs(seed)), mesh)
-    tx, lr_fn = make_optimizer(ocfg, params, 1000)
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
-    s_shard = state_shardings(shapes, p_shard, mesh)
-    state = jax.jit(lambda p: init_state(p, tx, seed), out_shardings=s_shard)(params)
-    step = make_train_step(xent, tx, model=graphdef, cfg=cfg, mesh=mesh, state_sharding=s_shard,
-                           lr_fn=lr_fn)
-    toks = np.random.default_rng(seed).integers(0, vocab, (batch, seq + 1)).astype(np.int32)
-    b = sh.shard_batch({"inputs": toks[:, :-1], "targets": toks[:, 1:],
-                        "mask": np.ones((batch, seq), np.float32)}, mesh)
+    _, state, step, b = jax_train_setup(mcfg, batch, seq, seed)
     compiled = step.lower(state, b).compile()
     return {"state": state, "step": compiled, "batch": b,
             "temp": compiled.memory_analysis().temp_size_in_bytes}

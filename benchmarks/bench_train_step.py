@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,14 +30,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from benchmarks.common import SMOKE, cpu_model, print_machine  # noqa: E402
-from lm import sharding as sh  # noqa: E402
-from lm.losses import xent  # noqa: E402
-from lm.model import GPT, ModelCfg  # noqa: E402
-from lm.optim import OptCfg, make_optimizer  # noqa: E402
-from lm.train import TrainCfg, init_state, make_train_step, state_shardings  # noqa: E402
+from benchmarks.common import SMOKE, cpu_model, jax_train_setup, print_machine  # noqa: E402
+from lm.model import ModelCfg  # noqa: E402
 
 SHAPES = {  # name: (n_layers, d_model, n_heads, seq_len, batch, vocab)
     "tiny": (4, 128, 4, 128, 32, 264),
@@ -63,21 +57,7 @@ def jax_setup(shape, seed: int = 0):
     n_layers, d, n_heads, seq, batch, vocab = shape
     mcfg = ModelCfg(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, d_ff=4 * d,
                     max_len=seq)
-    ocfg = OptCfg(lr=3e-4, warmup=0, schedule="constant")
-    cfg = types.SimpleNamespace(model=mcfg, opt=ocfg, train=TrainCfg(batch_size=batch,
-                                                                     seq_len=seq))
-    mesh = sh.make_mesh(sh.MeshCfg(data=-1), devices=jax.devices()[:1])
-    graphdef, params, p_shard = sh.init_params(lambda: GPT(mcfg, rngs=nnx.Rngs(seed)), mesh)
-    tx, lr_fn = make_optimizer(ocfg, params, 1000)
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
-    s_shard = state_shardings(shapes, p_shard, mesh)
-    state = jax.jit(lambda p: init_state(p, tx, seed), out_shardings=s_shard)(params)
-    step = make_train_step(xent, tx, model=graphdef, cfg=cfg, mesh=mesh, state_sharding=s_shard,
-                           microbatches=1, lr_fn=lr_fn)
-    rng = np.random.default_rng(seed)
-    toks = rng.integers(0, vocab, (batch, seq + 1)).astype(np.int32)
-    batch_d = sh.shard_batch({"inputs": toks[:, :-1], "targets": toks[:, 1:],
-                              "mask": np.ones((batch, seq), np.float32)}, mesh)
+    _, state, step, batch_d = jax_train_setup(mcfg, batch, seq, seed)
     return {"state": state, "step": step, "batch": batch_d}
 
 

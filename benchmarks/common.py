@@ -32,3 +32,38 @@ def print_machine(baseline: str) -> None:
     """One line: CPU model, core count, the baseline's name, and whether this is a smoke run."""
     smoke = "  [BENCH_SMOKE=1: tiny sizes, figures meaningless]" if SMOKE else ""
     print(f"cpu: {cpu_model()} ({os.cpu_count()} cores); baseline: {baseline}{smoke}")
+
+
+def jax_train_setup(mcfg, batch: int, seq: int, seed: int = 0):
+    """``(graphdef, state, step, batch)``: the library's jitted xent train step for ``mcfg`` on
+    one device (AdamW at a constant 3e-4, as the torch sides), its sharded train state and one
+    random ``[batch, seq]`` batch -- what the step benchmarks time (bench_train_step,
+    bench_remat, gpu_check)."""
+    import types
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from lm import sharding as sh
+    from lm.losses import xent
+    from lm.model import GPT
+    from lm.optim import OptCfg, make_optimizer
+    from lm.train import TrainCfg, init_state, make_train_step, state_shardings
+
+    ocfg = OptCfg(lr=3e-4, warmup=0, schedule="constant")
+    cfg = types.SimpleNamespace(model=mcfg, opt=ocfg,
+                                train=TrainCfg(batch_size=batch, seq_len=seq))
+    mesh = sh.make_mesh(sh.MeshCfg(data=-1), devices=jax.devices()[:1])
+    graphdef, params, p_shard = sh.init_params(lambda: GPT(mcfg, rngs=nnx.Rngs(seed)), mesh)
+    tx, lr_fn = make_optimizer(ocfg, params, 1000)
+    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
+    s_shard = state_shardings(shapes, p_shard, mesh)
+    state = jax.jit(lambda p: init_state(p, tx, seed), out_shardings=s_shard)(params)
+    step = make_train_step(xent, tx, model=graphdef, cfg=cfg, mesh=mesh, state_sharding=s_shard,
+                           microbatches=1, lr_fn=lr_fn)
+    toks = np.random.default_rng(seed).integers(0, mcfg.vocab_size, (batch, seq + 1))
+    toks = toks.astype(np.int32)
+    b = sh.shard_batch({"inputs": toks[:, :-1], "targets": toks[:, 1:],
+                        "mask": np.ones((batch, seq), np.float32)}, mesh)
+    return graphdef, state, step, b

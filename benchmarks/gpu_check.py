@@ -36,14 +36,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.common import jax_train_setup  # noqa: E402
 from lm import sharding as sh  # noqa: E402
-from lm.losses import xent  # noqa: E402
 from lm.metrics import write_atomic, write_json  # noqa: E402
 from lm.model import GPT, ModelCfg  # noqa: E402
-from lm.optim import OptCfg, make_optimizer  # noqa: E402
 from lm.perf import device_peak_flops, flops_per_token, model_params, perf_metrics  # noqa: E402
 from lm.sample import SampleCfg, generate  # noqa: E402
-from lm.train import TrainCfg, init_state, make_train_step, state_shardings  # noqa: E402
 
 GPT2 = dict(vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_len=1024,
             pos="learned", norm="layer", norm_bias=True, mlp="gelu", act="gelu_tanh",
@@ -58,22 +56,7 @@ SMOKE_RUN = {"gpt2": (4, 64, 2), "llama_1b": (2, 64, 2), "decode": (4, 8, 8)}
 
 
 def build_step(mcfg: ModelCfg, batch: int, seq: int, seed: int = 0):
-    ocfg = OptCfg(lr=3e-4, warmup=0, schedule="constant")
-    cfg = type("Cfg", (), {"model": mcfg, "opt": ocfg,
-                           "train": TrainCfg(batch_size=batch, seq_len=seq)})()
-    mesh = sh.make_mesh(sh.MeshCfg(data=-1), devices=jax.devices()[:1])
-    graphdef, params, p_shard = sh.init_params(lambda: GPT(mcfg, rngs=nnx.Rngs(seed)), mesh)
-    tx, lr_fn = make_optimizer(ocfg, params, 1000)
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
-    s_shard = state_shardings(shapes, p_shard, mesh)
-    state = jax.jit(lambda p: init_state(p, tx, seed), out_shardings=s_shard)(params)
-    step = make_train_step(xent, tx, model=graphdef, cfg=cfg, mesh=mesh, state_sharding=s_shard,
-                           lr_fn=lr_fn)
-    toks = np.random.default_rng(seed).integers(0, mcfg.vocab_size, (batch, seq + 1))
-    b = sh.shard_batch({"inputs": toks[:, :-1].astype(np.int32),
-                        "targets": toks[:, 1:].astype(np.int32),
-                        "mask": np.ones((batch, seq), np.float32)}, mesh)
-    return graphdef, state, step, b
+    return jax_train_setup(mcfg, batch, seq, seed)
 
 
 def train_part(name: str, mcfg: ModelCfg, batch: int, seq: int, steps: int) -> dict:
