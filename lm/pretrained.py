@@ -202,15 +202,11 @@ class CheckpointTokenizer:
 
 
 def tokenizer_for(model: ModelCfg):
-    """The tokenizer a run of ``model`` should use: the checkpoint's (a ``CheckpointTokenizer``)
-    when ``model.init_from`` holds a ``tokenizer.json``, else None (the experiment's own)."""
-    path = model.init_from
+    """The tokenizer a run of ``model`` should use: the one its checkpoint was trained in
+    (``tokenizer_dir``, the same rule that picks the data tokenizer) as a
+    ``CheckpointTokenizer``, else None (the experiment's own)."""
+    path = model.init_from and tokenizer_dir(model.init_from)
     if not path:
-        return None
-    if source_kind(path) == "run":  # a run started from a checkpoint uses that one's tokenizer
-        from lm.probe import load_run_config
-        return tokenizer_for(load_run_config(path).model)
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
         return None
     from tokenization.hf import HFTokenizer
     return CheckpointTokenizer(HFTokenizer.load(path))
