@@ -60,3 +60,14 @@ def make_tiny_qwen3(out) -> str:
         pad_token_id=tok.pad_token_id)
     transformers.Qwen3ForCausalLM(cfg).save_pretrained(out)
     return str(out)
+
+
+def same_records(a_recs, b_recs):
+    """Same (step, split) records with equal float fields (timings aside): a resumed RL run
+    against the uninterrupted one."""
+    key = lambda r: (r["step"], r.get("split"))
+    assert sorted(map(key, a_recs)) == sorted(map(key, b_recs))
+    for a, b in zip(sorted(a_recs, key=key), sorted(b_recs, key=key)):
+        for k, v in a.items():
+            if isinstance(v, float) and k not in ("time", "wall_s", "step_time"):
+                np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7, err_msg=f"{key(a)} {k}")

@@ -8,7 +8,6 @@ import dataclasses
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 from experiments import lm_pretrain
@@ -16,6 +15,7 @@ from experiments.base import EXIT_CONFIG, main
 from lm.checkpoint import UnreadableCheckpoint
 from lm.metrics import read_jsonl
 from rl.loop import train_rl
+from tests.helpers import same_records
 from tests.test_checkpoint import CORRUPTIONS, corrupt
 from tests.test_rl_resume import _setup
 
@@ -88,16 +88,6 @@ def rl_run(tmp_path_factory):
                     log=lambda *_: None)
     assert sorted(os.listdir(wd / "checkpoints")) == ["1", "2"]
     return cfg, task, params, wd, recs
-
-
-def same_records(a_recs, b_recs):
-    """Same (step, split) records with equal float fields (timings aside), as test_rl_resume."""
-    key = lambda r: (r["step"], r.get("split"))
-    assert sorted(map(key, a_recs)) == sorted(map(key, b_recs))
-    for a, b in zip(sorted(a_recs, key=key), sorted(b_recs, key=key)):
-        for k, v in a.items():
-            if isinstance(v, float) and k not in ("time", "wall_s", "step_time"):
-                np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7, err_msg=f"{key(a)} {k}")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 from experiments import grpo_arithmetic as E
 from experiments.base import build
 from rl.loop import RLTask, train_rl
+from tests.helpers import same_records
 
 
 class Killed(RuntimeError):
@@ -53,12 +54,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path, method):
     resumed = train_rl(cfg, str(tmp_path / "cut"), task=task, policy_params=params,
                        ref_params=params, log=said.append)
     assert any("resumed" in s and "RL step 2" in s for s in said)
-    key = lambda r: (r["step"], r.get("split"))
-    assert sorted(map(key, resumed)) == sorted(map(key, full))
-    for a, b in zip(sorted(full, key=key), sorted(resumed, key=key)):
-        for k, v in a.items():
-            if isinstance(v, float) and k not in ("time", "wall_s", "step_time"):
-                np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7, err_msg=f"{key(a)} {k}")
+    same_records(full, resumed)
 
 
 @pytest.mark.slow
