@@ -93,6 +93,7 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
     import jax
 
     from lm import data as data_lib
+    from lm import lora
     from lm import metrics as M
     from lm import perf
     from lm import sharding as sh
@@ -111,13 +112,14 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
                                            seq_len=tr.seq_len, max_batches=tr.eval_batches)
     eval_batches = [sh.shard_batch({k: v[pi::pc] for k, v in b.items()}, setup.mesh)
                     for b in eval_host]
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep,
+                        frozen=lora.frozen_state_fn(setup.cfg.model))  # LoRA: adapters only
     state, metrics_path = setup.state, os.path.join(workdir, "metrics.jsonl")
     restored = None
     if resume:  # newest readable checkpoint; an unreadable one is logged and skipped
         target = abstract_target(jax.eval_shape(lambda: setup.state), setup.state_sharding)
         say = (lambda m: print(m, file=sys.stderr, flush=True)) if is_main else (lambda m: None)
-        restored = ckpt.restore_latest(target, check=it.set_state, log=say)
+        restored = ckpt.restore_latest(target, check=it.set_state, log=say, fill=setup.state)
     if restored is not None:
         last, state, _ = restored
         if is_main:

@@ -56,8 +56,39 @@ def abstract_target(state, shardings):
                         state, shardings)
 
 
+
+def prune(tree, frozen, prefix=()):
+    """``tree`` without the dict entries whose path ``frozen(path)`` holds (dicts emptied by it
+    are dropped); other containers are kept whole (the frozen leaves live in params dicts)."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        path = prefix + (str(k),)
+        if isinstance(v, dict):
+            sub = prune(v, frozen, path)
+            if sub or not v:
+                out[k] = sub
+        elif not frozen(path):
+            out[k] = v
+    return out
+
+
+def graft(pruned, full):
+    """``full`` with every entry present in ``pruned`` taken from ``pruned``."""
+    if not isinstance(full, dict):
+        return pruned
+    return {k: (graft(pruned[k], v) if k in pruned else v) for k, v in full.items()}
+
+
 class Checkpointer:
-    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+    """``frozen(path)`` (paths of dict keys, e.g. ``lm.lora.frozen_state_fn``): leaves that are
+    not saved (a LoRA run's frozen base, rebuilt from ``model.init_from`` or the seed); a
+    restore takes them from ``fill``, the freshly built state."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
+                 frozen=None):
+        self.frozen = frozen
         self.directory = os.path.abspath(directory)
         opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                             enable_async_checkpointing=async_save)
@@ -71,18 +102,26 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state, data_state: dict | None = None, *, force: bool = False):
+        if self.frozen is not None:
+            state = prune(state, self.frozen)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_state or {}))
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, step: int, target):
-        """Restore ``step`` into ``target`` (abstract state with shardings)."""
+    def restore(self, step: int, target, fill=None):
+        """Restore ``step`` into ``target`` (abstract state with shardings); with ``frozen``
+        the unsaved leaves come from ``fill`` (a concrete state shaped like ``target``)."""
+        if self.frozen is not None:
+            if fill is None:
+                raise ValueError("a Checkpointer with frozen leaves restores with fill=state")
+            target = prune(target, self.frozen)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                   data=ocp.args.JsonRestore())
         out = self.manager.restore(step, args=args)
-        return out["state"], dict(out["data"] or {})
+        state = out["state"] if self.frozen is None else graft(out["state"], fill)
+        return state, dict(out["data"] or {})
 
-    def restore_latest(self, target, *, check=None, log=print):
+    def restore_latest(self, target, *, check=None, log=print, fill=None):
         """``(step, state, data_state)`` of the newest readable checkpoint; None when there is no
         checkpoint. ``check(data_state)`` (e.g. the iterator's ``set_state``) runs inside the
         attempt, so a parseable but wrong iterator state counts as unreadable too. Raises
@@ -92,7 +131,7 @@ class Checkpointer:
         for step in steps:
             try:
                 with _quiet_unraisable():
-                    state, data_state = self.restore(step, target)
+                    state, data_state = self.restore(step, target, fill)
                 if check is not None:
                     check(data_state)
             except Exception as e:  # noqa: BLE001 - any read failure of a damaged checkpoint

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lm import attention as attn_lib
+from lm import lora
 from lm.remat import ATTN_OUT
 from lm.sharding import constrain
 
@@ -155,7 +156,7 @@ class Attention(nnx.Module):
             self.q_norm = Norm(H, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
             self.k_norm = Norm(H, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
 
-    def _project(self, x_BLxD: Array, B: int, L: int):
+    def _project(self, x_BLxD: Array, B: int, L: int, lora_rng=None):
         """q [B, L, N, H], k and v [B, L, K, H] as 2-D matmuls: [D, N*H] keeps the
         tensor-sharded N the outer factor of the merged dim (no resharding), and XLA:CPU runs
         2-D dots much faster than the 4-D einsum (train-step benchmark: 0.73 -> 0.90)."""
@@ -174,26 +175,29 @@ class Attention(nnx.Module):
                 self.kv_bias_2xKxH[...].astype(dt)[c].reshape(K * H) for c in range(2)]
                 if cfg.qkv_bias else [None] * 3)
         out = []
-        for (w, n), b, kv in zip(ws, bs, (False, True, True)):
+        for (w, n), b, kv, t in zip(ws, bs, (False, True, True), "qkv"):
             y = x_BLxD @ w
             y = y if b is None else y + b[None]
+            if (d := lora.delta(self, t, x_BLxD, lora_rng)) is not None:  # model.lora
+                y = y + d
             name = "kv_heads" if kv and K != N else "heads"
             out.append(constrain(y.reshape(B, L, n, H), ("batch", "length", name, None)))
         return out
 
     def __call__(self, x_BxLxD: Array, pos_BxL: Array, kv_cache=None, index=None,
-                 segment_ids_BxL: Array | None = None):
+                 segment_ids_BxL: Array | None = None, lora_rng: Array | None = None):
         """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxSxKxH, v_BxSxKxH) the new keys are
         written at ``index`` and queries attend to cache slots ``<= index + their offset`` (and
         ``> ... - sliding_window`` when a window is set). ``segment_ids_BxL`` (packing): keys of
         other segments are masked; with a cache, it needs the segment slot of
         ``GPT.init_cache(..., segments=True)`` = (k, v, seg_BxS). ``pos_BxL`` only feeds rotary
         (per-document positions when packed). Kernels: ``lm.attention``
-        (``model.attention``)."""
+        (``model.attention``). ``lora_rng``: dropout key of the LoRA adapters (``lm.lora``)."""
         cfg, dt = self.cfg, self.cfg.dtype_
         D, N, H, W = cfg.d_model, cfg.n_heads, cfg.head_dim_, cfg.sliding_window
         B, L = x_BxLxD.shape[:2]
-        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH = self._project(x_BxLxD.reshape(B * L, D), B, L)
+        q_BxLxNxH, k_BxLxKxH, v_BxLxKxH = self._project(x_BxLxD.reshape(B * L, D), B, L,
+                                                              lora_rng)
         if cfg.qk_norm:
             q_BxLxNxH, k_BxLxKxH = self.q_norm(q_BxLxNxH), self.k_norm(k_BxLxKxH)
         if cfg.pos == "rope":
@@ -222,7 +226,10 @@ class Attention(nnx.Module):
             new_kv = (k_BxSxKxH, v_BxSxKxH) + ((seg_k["seg_k_BxS"],) if seg else ())
         o_BxLxNxH = checkpoint_name(o_BxLxNxH, ATTN_OUT)  # kept by model.remat=attn_out
         w_NHxD = self.out_NxHxD[...].astype(dt).reshape(N * H, D)
-        y_BLxD = o_BxLxNxH.reshape(B * L, N * H) @ w_NHxD
+        o_BLxNH = o_BxLxNxH.reshape(B * L, N * H)
+        y_BLxD = o_BLxNH @ w_NHxD
+        if (d := lora.delta(self, "o", o_BLxNH, lora_rng)) is not None:
+            y_BLxD = y_BLxD + d
         if cfg.out_bias:
             y_BLxD = y_BLxD + self.out_bias_D[...].astype(dt)[None]
         return y_BLxD.reshape(B, L, D), new_kv
@@ -244,12 +251,15 @@ class MLP(nnx.Module):
             self.up_bias_CxF = param(rngs, nnx.initializers.zeros, (n_in, F), (None, "mlp"), pdt)
             self.down_bias_D = param(rngs, nnx.initializers.zeros, (D,), ("embed",), pdt)
 
-    def __call__(self, x_BxLxD: Array) -> Array:
+    def __call__(self, x_BxLxD: Array, lora_rng: Array | None = None) -> Array:
         cfg, dt = self.cfg, self.cfg.dtype_
         D, C, F = self.up_DxCxF.shape
         B, L = x_BxLxD.shape[:2]
         x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), self.up_DxCxF[...].astype(dt)
         h_BLxF = [x_BLxD @ w_DxCxF[:, c] for c in range(C)]  # 2-D dots (see Attention)
+        for c, t in enumerate(("gate", "up") if C == 2 else ("up",)):  # model.lora
+            if (d := lora.delta(self, t, x_BLxD, lora_rng)) is not None:
+                h_BLxF[c] = h_BLxF[c] + d
         if cfg.mlp_bias:
             b_CxF = self.up_bias_CxF[...].astype(dt)
             h_BLxF = [h + b_CxF[c][None] for c, h in enumerate(h_BLxF)]
@@ -260,6 +270,8 @@ class MLP(nnx.Module):
         else:
             h_BLxF = act(h_BLxF[0])
         y_BLxD = h_BLxF @ self.down_FxD[...].astype(dt)
+        if (d := lora.delta(self, "down", h_BLxF, lora_rng)) is not None:
+            y_BLxD = y_BLxD + d
         if cfg.mlp_bias:
             y_BLxD = y_BLxD + self.down_bias_D[...].astype(dt)[None]
         return y_BLxD.reshape(B, L, D)
@@ -279,8 +291,12 @@ class Block(nnx.Module):
     def __call__(self, x_BxLxD, pos_BxL, rng=None, kv_cache=None, index=None,
                  segment_ids_BxL=None):
         r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
+        lc = self.cfg.lora  # adapter dropout keys, independent of the residual dropout's
+        lk = jax.random.fold_in(rng, 7) if rng is not None and lc.on and lc.dropout else None
         a_BxLxD, new_kv = self.attn(self.norm1(x_BxLxD), pos_BxL, kv_cache, index,
-                                    segment_ids_BxL)
+                                    segment_ids_BxL, lora_rng=lk)
         x_BxLxD = x_BxLxD + dropout(a_BxLxD, self.cfg.dropout, r1)
-        x_BxLxD = x_BxLxD + dropout(self.mlp(self.norm2(x_BxLxD)), self.cfg.dropout, r2)
+        mk = None if lk is None else jax.random.fold_in(lk, 1)
+        x_BxLxD = x_BxLxD + dropout(self.mlp(self.norm2(x_BxLxD), lora_rng=mk),
+                                    self.cfg.dropout, r2)
         return x_BxLxD, new_kv

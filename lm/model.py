@@ -28,6 +28,7 @@ from flax import nnx
 from lm import attention as attn_lib
 from lm import remat as remat_lib
 from lm.layers import Block, Norm, dropout, param, parse_rope_scaling
+from lm.lora import LoRACfg, attach
 from lm.routing import DLRCfg, LatentRouter
 from lm.sharding import ConfigError, constrain
 
@@ -54,6 +55,7 @@ class ModelCfg:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; logits and norms are fp32
     dlr: DLRCfg = DLRCfg()  # Dynamic Latent Routing hook (lm/routing.py); off by default
+    lora: LoRACfg = LoRACfg()  # LoRA/QLoRA adapters (lm/lora.py); rank 0 = off
     # model families (lm/hf); the defaults are the original GPT of this codebase
     n_kv_heads: int | None = None  # None = n_heads; fewer = GQA (1 = MQA); the KV cache holds them
     head_dim: int | None = None  # None = d_model // n_heads
@@ -145,6 +147,8 @@ class GPT(nnx.Module):
                                      (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
         if cfg.dlr.on:  # created last: the base parameters draw the same random numbers
             self.dlr = LatentRouter(cfg, rngs)
+        if cfg.lora.on:  # adapters after everything: base and router draws are unchanged
+            attach(self, cfg, rngs)
 
     @property
     def blocks(self) -> list[Block]:

@@ -11,8 +11,9 @@ checkpoint's params). What that means for the config:
   weights are cast to it: a bf16 checkpoint trains with fp32 master weights under a preset whose
   ``param_dtype`` is float32; set ``model.param_dtype=bfloat16`` to keep bf16), ``dropout``,
   ``remat``, ``attention``, ``dlr`` (a DLR router is initialised fresh on top of the loaded base,
-  as the DLR papers do) and, with rotary positions, ``max_len`` (the KV-cache bound; learned
-  position tables are architecture).
+  as the DLR papers do), ``lora`` (adapters start fresh, or from ``model.lora.init_from``)
+  and, with rotary positions, ``max_len`` (the KV-cache bound; learned position tables are
+  architecture).
 
 - The **data tokenizer** (``data.tokenizer``, when the config has a ``data`` section with that
   field): left empty (bytes), it becomes the checkpoint's directory when that holds a
@@ -38,7 +39,7 @@ import os
 from lm.model import ModelCfg
 from lm.sharding import ConfigError
 
-RUNTIME = ("init_from", "dtype", "param_dtype", "dropout", "remat", "attention", "dlr")
+RUNTIME = ("init_from", "dtype", "param_dtype", "dropout", "remat", "attention", "dlr", "lora")
 
 
 def source_kind(path: str) -> str:

@@ -61,10 +61,12 @@ def load_run_config(workdir: str):
 
 def restore_params(workdir: str, cfg, step: int | None = None):
     """(setup, params, step) from the run's checkpoints."""
+    from lm import lora
     from lm.checkpoint import Checkpointer, abstract_target
     from lm.setup import build
     setup = build(cfg)
-    ck = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False,
+                      frozen=lora.frozen_state_fn(setup.cfg.model))
     try:
         steps = ck.all_steps()
         if not steps:
@@ -73,7 +75,7 @@ def restore_params(workdir: str, cfg, step: int | None = None):
         if step not in steps:
             raise ConfigError(f"--step {step} is not saved; saved steps: {sorted(steps)}")
         target = abstract_target(jax.eval_shape(lambda: setup.state), setup.state_sharding)
-        state, _ = ck.restore(step, target)
+        state, _ = ck.restore(step, target, fill=setup.state)
     finally:
         ck.close()
     return setup, state["params"], step

@@ -66,9 +66,14 @@ class Setup:
 
 
 def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
+    """With ``model.lora`` on (``lm.lora``) the state's params are the whole tree (frozen base +
+    adapters) but the optimizer state covers the trainable leaves only, and a
+    ``loss_state["ref_params"]`` copy is dropped: the train step hands the losses the base with
+    adapters switched off as their reference (no second copy of the weights)."""
     import jax
     from flax import nnx
 
+    from lm import lora
     from lm import sharding as sh
     from lm.losses import get_loss
     from lm.model import GPT
@@ -80,39 +85,55 @@ def build(cfg: Config, mesh=None, loss_fn=None, loss_state=None) -> Setup:
     loss_fn = loss_fn or get_loss(cfg.train.loss)
     if loss_state is None and hasattr(loss_fn, "init_state"):  # stateful losses (lm.ib)
         loss_state = loss_fn.init_state(cfg)
+    trainable = lora.trainable_fn(cfg.model)
+    if trainable is not None and loss_state and "ref_params" in loss_state:
+        loss_state = {k: v for k, v in loss_state.items() if k != "ref_params"}
     seed = cfg.train.seed
     model_fn = lambda: GPT(cfg.model, rngs=nnx.Rngs(seed))  # noqa: E731
-    if cfg.model.init_from:
+    if cfg.model.init_from or cfg.model.lora.init_from:
         graphdef, params, p_shard = pretrained_params(cfg.model, model_fn, mesh)
     else:
         graphdef, params, p_shard = sh.init_params(model_fn, mesh)
-    tx, lr_fn = make_optimizer(cfg.opt, params, cfg.train.steps)
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, loss_state), params)
-    s_shard = state_shardings(shapes, p_shard, mesh)
-    state = jax.jit(lambda p: init_state(p, tx, seed, loss_state), out_shardings=s_shard)(params)
+    opt_params, opt_shard = params, None
+    if trainable is not None:
+        opt_params = lora.partition(params, trainable)[0]
+        opt_shard = lora.partition(p_shard, trainable)[0]
+    tx, lr_fn = make_optimizer(cfg.opt, opt_params, cfg.train.steps)
+    init = lambda p: init_state(p, tx, seed, loss_state, trainable)  # noqa: E731
+    shapes = jax.eval_shape(init, params)
+    s_shard = state_shardings(shapes, p_shard, mesh, opt_shard)
+    state = jax.jit(init, out_shardings=s_shard)(params)
     step = make_train_step(loss_fn, tx, model=graphdef, cfg=cfg, mesh=mesh,
                            state_sharding=s_shard, microbatches=cfg.train.microbatches,
-                           lr_fn=lr_fn)
-    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg, mesh=mesh)
+                           lr_fn=lr_fn, trainable=trainable)
+    eval_step = make_eval_step(loss_fn, model=graphdef, cfg=cfg, mesh=mesh, trainable=trainable)
     return Setup(cfg, mesh, graphdef, state, s_shard, tx, lr_fn, step, eval_step)
 
 
 def pretrained_params(model, model_fn, mesh):
     """(graphdef, params, shardings) with the params read from ``model.init_from`` straight
-    onto their shardings; params the checkpoint lacks (a fresh DLR router) are initialised.
+    onto their shardings; params the checkpoint lacks (a fresh DLR router, LoRA adapters) are
+    initialised, and ``model.lora.init_from`` (a PEFT adapter dir) fills the adapters.
     ``model`` must be resolved (``pretrained.resolve``); ``build`` and ``rl.iga.sft`` use it."""
+    from lm import lora
     from lm import sharding as sh
 
     graphdef, shapes, p_shard = sh.abstract_params(model_fn, mesh)
-    params = pretrained.load_params(model, mesh, shapes, p_shard)
-    missing = sorted(set(shapes) - set(params))
+    base_shapes, _ = lora.partition(shapes, lambda p: not lora.is_adapter(p))
+    params = (pretrained.load_params(model, mesh, base_shapes, p_shard) if model.init_from
+              else {})
+    flat_have = lora._flat(params)
+    missing = sorted(p for p in lora._flat(shapes) if p not in flat_have)
     if missing:
-        if any(k != "dlr" for k in missing):
+        if model.init_from and any(p[0] != "dlr" and not lora.is_adapter(p) for p in missing):
             raise ConfigError(f"model.init_from={model.init_from} lacks the parameters "
-                              f"{missing}; only a DLR router (model.dlr) may start fresh")
-        _, fresh, _ = sh.init_params(model_fn, mesh)
-        params = {**params, **{k: fresh[k] for k in missing}}
-    return graphdef, {k: params[k] for k in shapes}, p_shard
+                              f"{sorted({p[0] for p in missing})}; only a DLR router "
+                              "(model.dlr) and LoRA adapters (model.lora) may start fresh")
+        params = lora.combine(params, sh.init_subset(model_fn, mesh, set(missing)))
+    if model.lora.init_from:
+        from lm.hf import peft
+        params = peft.load_into(model, params, p_shard, model.lora.init_from)
+    return graphdef, params, p_shard
 
 
 def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0) -> str:

@@ -150,6 +150,27 @@ def init_params(model_fn, mesh, rules=None):
     return graphdef, params, shardings
 
 
+def init_subset(model_fn, mesh, paths: set, rules=None) -> dict:
+    """Materialise only the params at ``paths`` (tuples of keys) of ``model_fn()``, sharded: a
+    jitted init whose other outputs are dropped (XLA removes their random draws), so adding a
+    fresh DLR router or LoRA adapters to a loaded base never builds a second full model."""
+    _, _, shardings = abstract_params(model_fn, mesh, rules)
+
+    def pick(tree, prefix=()):
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                sub = pick(v, prefix + (k,))
+                if sub:
+                    out[k] = sub
+            elif prefix + (k,) in paths:
+                out[k] = v
+        return out
+
+    init = lambda: pick(nnx.to_pure_dict(nnx.state(model_fn(), nnx.Param)))  # noqa: E731
+    return jax.jit(init, out_shardings=pick(shardings))()
+
+
 def merge(graphdef, params):
     """Module from a graphdef and a pure params dict (call inside jitted functions)."""
     return nnx.merge(graphdef, nnx.State(params))

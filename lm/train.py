@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lm import lora
 from lm.perf import perf_metrics
 from lm.sharding import BATCH_AXES, ConfigError
 
@@ -50,31 +51,37 @@ class TrainCfg:
     ckpt_every: int = 100
 
 
-def init_state(params, tx, seed: int, loss_state=None) -> dict:
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+def init_state(params, tx, seed: int, loss_state=None, trainable=None) -> dict:
+    """``trainable`` (``lm.lora.trainable_fn``): the optimizer state covers those leaves only."""
+    opt_params = params if trainable is None else lora.partition(params, trainable)[0]
+    return {"params": params, "opt_state": tx.init(opt_params), "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed)),
             "loss_state": {} if loss_state is None else loss_state}
 
 
-def state_shardings(state_shapes, param_shardings, mesh):
+def state_shardings(state_shapes, param_shardings, mesh, opt_param_shardings=None):
     """Shardings for the train state: optimizer moments (and a params-shaped loss-state subtree,
-    e.g. a frozen reference model) follow their params, the rest is replicated."""
+    e.g. a frozen reference model) follow their params, the rest is replicated.
+    ``opt_param_shardings``: those of the params the optimizer covers, when not all (LoRA)."""
     replicated = NamedSharding(mesh, P())
-    flat_params = jax.tree.leaves(param_shardings)
-    pdef = jax.tree.structure(param_shardings)
 
-    def for_opt(subtree):
-        if jax.tree.structure(subtree) == pdef:
-            return jax.tree.unflatten(pdef, flat_params)
-        return jax.tree.map(lambda _: replicated, subtree)
+    def follow(shardings):
+        flat, pdef = jax.tree.leaves(shardings), jax.tree.structure(shardings)
 
-    opt = jax.tree.map(for_opt, state_shapes["opt_state"],
-                       is_leaf=lambda x: jax.tree.structure(x) == pdef)
+        def for_opt(subtree):
+            if jax.tree.structure(subtree) == pdef:
+                return jax.tree.unflatten(pdef, flat)
+            return jax.tree.map(lambda _: replicated, subtree)
+        return for_opt, (lambda x: jax.tree.structure(x) == pdef)
+
+    for_opt, pdef_leaf = follow(param_shardings)
+    opt_fn, opt_leaf = (for_opt, pdef_leaf) if opt_param_shardings is None else follow(
+        opt_param_shardings)
+    opt = jax.tree.map(opt_fn, state_shapes["opt_state"], is_leaf=opt_leaf)
     return {"params": param_shardings, "opt_state": opt, "step": replicated, "rng": replicated,
             # a params-shaped subtree of the loss state (a frozen reference model) is sharded
             # like the params; everything else in it is replicated
-            "loss_state": jax.tree.map(for_opt, state_shapes["loss_state"],
-                                       is_leaf=lambda x: jax.tree.structure(x) == pdef)}
+            "loss_state": jax.tree.map(for_opt, state_shapes["loss_state"], is_leaf=pdef_leaf)}
 
 
 def _split_micro(x, m: int):
@@ -88,18 +95,39 @@ def _tree_norm(tree):
     return optax.tree.norm(tree)
 
 
+def with_reference(loss_state, params, trainable):
+    """The loss state a loss sees: with LoRA (``trainable`` set) it carries
+    ``ref_params`` = the base with adapters switched off (``lm.lora.disabled``), built in the
+    trace from the same buffers; a loss that does not read it costs nothing (dead code)."""
+    if trainable is None:
+        return loss_state
+    return {**loss_state, "ref_params": lora.disabled(params)}
+
+
 def make_train_step(loss_fn: Callable, tx, *, model, cfg, mesh=None, state_sharding=None,
-                    microbatches: int = 1, lr_fn=None, donate: bool = True, jit: bool = True):
-    """Returns ``step(state, batch) -> (state, metrics)``; metrics are device scalars."""
+                    microbatches: int = 1, lr_fn=None, donate: bool = True, jit: bool = True,
+                    trainable=None):
+    """Returns ``step(state, batch) -> (state, metrics)``; metrics are device scalars.
+
+    ``trainable`` (``lm.lora.trainable_fn``; None = every param): the gradient is taken with
+    respect to those leaves only, the rest (the frozen base) enters the loss as a constant of
+    the differentiated function, so no gradient is computed for it; the optimizer updates the
+    trainable leaves and ``grad_norm``/``param_norm``/``update_norm`` are theirs."""
 
     def grads_and_aux(params, batch, rng, loss_state):
-        if loss_state:
-            batch = {**batch, "loss_state": loss_state}
+        ls_in = with_reference(loss_state, params, trainable)
+        if ls_in:
+            batch = {**batch, "loss_state": ls_in}
+        if trainable is None:
+            wrt, rebuild = params, lambda p: p
+        else:
+            wrt, frozen = lora.partition(params, trainable)
+            rebuild = lambda p: lora.combine(p, frozen)  # noqa: E731
 
         def f(p):
-            loss, aux = loss_fn(p, batch, model=model, rng=rng, cfg=cfg)
+            loss, aux = loss_fn(rebuild(p), batch, model=model, rng=rng, cfg=cfg)
             return loss, aux
-        (loss, aux), g = jax.value_and_grad(f, has_aux=True)(params)
+        (loss, aux), g = jax.value_and_grad(f, has_aux=True)(wrt)
         new_ls = aux.pop("loss_state", loss_state)
         w = jax.lax.stop_gradient(aux["loss"][1]) if "loss" in aux else jnp.float32(1.0)
         return jax.tree.map(lambda x: x * w, g), w, aux, new_ls
@@ -129,15 +157,23 @@ def make_train_step(loss_fn: Callable, tx, *, model, cfg, mesh=None, state_shard
             b0 = jax.tree.map(lambda x: x[0], mb)
             aux_shape = jax.eval_shape(lambda: grads_and_aux(params, b0, rng, loss_state)[2])
             zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
-            init = (zeros(jax.eval_shape(lambda: params)), jnp.float32(0.0), zeros(aux_shape),
+            wrt = params if trainable is None else lora.partition(params, trainable)[0]
+            init = (zeros(jax.eval_shape(lambda: wrt)), jnp.float32(0.0), zeros(aux_shape),
                     loss_state)
             (g, w, aux, loss_state), _ = jax.lax.scan(body, init, jnp.arange(microbatches))
         grads = jax.tree.map(lambda x: x / jnp.maximum(w, 1e-9), g)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        if trainable is None:
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            new_params = optax.apply_updates(params, updates)
+            new_train = new_params
+        else:
+            train_p, frozen = lora.partition(params, trainable)
+            updates, opt_state = tx.update(grads, state["opt_state"], train_p)
+            new_train = optax.apply_updates(train_p, updates)
+            new_params = lora.combine(new_train, frozen)
         metrics = dict(aux)
         metrics["grad_norm"] = _tree_norm(grads)
-        metrics["param_norm"] = _tree_norm(new_params)
+        metrics["param_norm"] = _tree_norm(new_train)
         metrics["update_norm"] = _tree_norm(updates)
         if lr_fn is not None:
             metrics["lr"] = lr_fn(state["step"])
@@ -155,10 +191,16 @@ def make_train_step(loss_fn: Callable, tx, *, model, cfg, mesh=None, state_shard
     return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(loss_fn: Callable, *, model, cfg, mesh=None, jit: bool = True):
-    """Returns ``eval_step(params, batch) -> aux`` ((sum, count) pairs; no dropout)."""
+def make_eval_step(loss_fn: Callable, *, model, cfg, mesh=None, jit: bool = True,
+                   trainable=None):
+    """Returns ``eval_step(params, batch) -> aux`` ((sum, count) pairs; no dropout). With LoRA
+    (``trainable``) a loss reading ``batch["loss_state"]["ref_params"]`` gets the base with
+    adapters off, as in the train step."""
 
     def step(params, batch):
+        if trainable is not None:
+            ls = with_reference(batch.get("loss_state") or {}, params, trainable)
+            batch = {**batch, "loss_state": ls}
         with mesh_context(mesh):
             _, aux = loss_fn(params, batch, model=model, rng=None, cfg=cfg)
         aux.pop("loss_state", None)

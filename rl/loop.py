@@ -88,6 +88,7 @@ def _place(tree, shardings):
 
 def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=print) -> list:
     """Run ``cfg.train.steps`` RL steps from ``policy_params``; returns the metric records."""
+    from lm import lora
     from lm import metrics as M
     from lm import sharding as sh
     from lm.checkpoint import Checkpointer, abstract_target
@@ -103,21 +104,36 @@ def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=
     setup = build(cfg)
     mesh, rep = setup.mesh, NamedSharding(setup.mesh, P())
     state = dict(setup.state)
-    state["params"] = _place(policy_params, setup.state_sharding["params"])
-    ref = _place(ref_params, setup.state_sharding["params"])
+    if lora.trainable_fn(setup.cfg.model) is None:
+        state["params"] = _place(policy_params, setup.state_sharding["params"])
+        ref = _place(ref_params, setup.state_sharding["params"])
+    else:  # LoRA: ``policy_params`` (adapters merged in, if it has any) is the frozen base under
+        # fresh adapters; the reference is that base with adapters off (``lora.disabled``), no
+        # second copy of the weights (``ref_params`` must be the same model: it is not read)
+        base = policy_params
+        if lora.adapters(policy_params):
+            base = lora.merged(policy_params, setup.cfg.model)
+        fresh = lora.adapters(state["params"])
+        base, _ = lora.partition(base, lambda p: not lora.is_adapter(p))
+        base_shard, _ = lora.partition(setup.state_sharding["params"],
+                                       lambda p: not lora.is_adapter(p))
+        base = {k: v for k, v in base.items() if k in base_shard}
+        state["params"] = lora.combine(_place(base, base_shard), fresh)
+        ref = None
     critic = None
     if kind == "gae":
         ccfg = dataclasses.replace(cfg, train=dataclasses.replace(tr, loss="value"),
                                    opt=dataclasses.replace(cfg.opt, lr=rc.critic_lr))
         critic = build(ccfg, mesh=mesh)
     sas_state = ADV.sas_init(task.num_prompts)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.run.max_to_keep,
+                        frozen=lora.frozen_state_fn(setup.cfg.model))  # LoRA: adapters only
     full = {"policy": state, "critic": critic.state if critic else {}, "sas": sas_state}
     start = 0
     shard = {"policy": setup.state_sharding, "critic": critic.state_sharding if critic else {},
              "sas": jax.tree.map(lambda _: rep, sas_state)}
     restored = ckpt.restore_latest(abstract_target(jax.eval_shape(lambda: full), shard),
-                                   check=lambda data: int(data["step"]), log=log)
+                                   check=lambda data: int(data["step"]), log=log, fill=full)
     if restored is not None:  # the newest readable checkpoint (an unreadable one is logged)
         _, full, data = restored
         start = int(data["step"])
@@ -132,7 +148,9 @@ def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=
 
     def draw(step, i):
         prompt, plen, answers, ids = task.prompts(step * 1000 + i)
-        ro = rollout(setup.graphdef, state["params"], ref, prompt, plen, group_size=G,
+        ro = rollout(setup.graphdef, state["params"],
+                     lora.disabled(state["params"]) if ref is None else ref, prompt, plen,
+                     group_size=G,
                      sample_cfg=scfg, rng=jax.random.fold_in(key, step * 1000 + i))
         texts = completions_text(ro, task.decode)
         ans_B = [a for a in answers for _ in range(G)]
