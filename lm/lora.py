@@ -61,7 +61,8 @@ class LoRACfg:
     dropout: float = 0.0  # on the adapter branch's input only (PEFT lora_dropout)
     rslora: bool = False  # scale alpha / sqrt(rank) instead of alpha / rank
     base_dtype: str = ""  # QLoRA: "int8" | "nf4" keeps the frozen base quantized (lm.quant)
-    init_from: str = ""  # a PEFT adapter dir to start from (its r/alpha/targets are used)
+    init_from: str = ""  # a PEFT adapter dir to start from (its r/alpha/targets are taken;
+    # needs model.init_from = the adapter's base; lm.pretrained.resolve, lm.hf.peft)
 
     def __post_init__(self):
         if self.rank < 0:
@@ -80,8 +81,6 @@ class LoRACfg:
         if self.base_dtype and self.rank == 0:
             raise ConfigError(f"model.lora.base_dtype={self.base_dtype} quantizes the frozen "
                               "base of a LoRA run: it needs model.lora.rank > 0")
-        if self.init_from and self.rank == 0:
-            raise ConfigError("model.lora.init_from needs model.lora.rank > 0 (the adapter's r)")
 
     @property
     def on(self) -> bool:

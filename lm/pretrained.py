@@ -92,6 +92,9 @@ def resolve(cfg, set_keys=()):
     ``set_keys``: the ``--set`` keys the user gave; an architecture key among them that differs
     from the checkpoint raises ``ConfigError`` naming every such key."""
     m = cfg.model
+    if m.lora.init_from:
+        cfg = dataclasses.replace(cfg, model=_resolve_lora(m, set_keys))
+        m = cfg.model
     if not m.init_from:
         return cfg
     ckpt = checkpoint_model_cfg(m.init_from)
@@ -105,6 +108,27 @@ def resolve(cfg, set_keys=()):
         keep["max_len"] = m.max_len
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(ckpt, **keep))
     return _resolve_data_tokenizer(cfg, set_keys)
+
+
+LORA_FROM_ADAPTER = ("rank", "alpha", "targets", "dropout", "rslora")
+
+
+def _resolve_lora(m: ModelCfg, set_keys) -> ModelCfg:
+    """``model.lora`` with the adapter's r/alpha/targets/dropout/rsLoRA when
+    ``model.lora.init_from`` names a PEFT adapter dir (idempotent); a ``--set`` of one of those
+    keys that differs from the adapter is refused, as is an adapter without a base."""
+    from lm.hf import peft
+    if not m.init_from:
+        raise ConfigError(f"model.lora.init_from={m.lora.init_from} needs model.init_from=<the "
+                          "adapter's base checkpoint dir>")
+    want = peft.adapter_lora_cfg(m.lora.init_from, m.lora)
+    bad = [f"model.lora.{k}={getattr(m.lora, k)!r} (adapter: {getattr(want, k)!r})"
+           for k in LORA_FROM_ADAPTER if f"model.lora.{k}" in set_keys
+           and getattr(m.lora, k) != getattr(want, k)]
+    if bad:
+        raise ConfigError(f"model.lora.init_from={m.lora.init_from} fixes the adapter's shape; "
+                          f"these overrides contradict it: {', '.join(bad)}")
+    return dataclasses.replace(m, lora=want)
 
 
 def tokenizer_dir(path: str) -> str:

@@ -1,8 +1,13 @@
 """``python -m lm.hf``: inspect a Hugging Face checkpoint, export a run, sample from one.
 
     python -m lm.hf inspect DIR
-    python -m lm.hf export RUN_DIR OUT_DIR [--step N] [--tokenizer-dir DIR]
+    python -m lm.hf export RUN_DIR OUT_DIR [--step N] [--tokenizer-dir DIR] [--adapter|--merge]
     python -m lm.hf sample DIR --prompt "..." [--chat] [--max-new-tokens 32] [--temperature 0]
+                           [--adapter ADAPTER_DIR]
+
+A LoRA run (``model.lora``) exports as a PEFT adapter directory (``--adapter``:
+``adapter_config.json`` + ``adapter_model.safetensors``, ``base_model_name_or_path`` = the
+run's ``model.init_from``) or as a full checkpoint with the adapters merged (``--merge``).
 
 Errors (a bad directory, an unsupported family, a non-empty output) print ``error: ...`` and
 exit with status 2.
@@ -11,6 +16,7 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -39,12 +45,31 @@ def cmd_export(args) -> int:
     from lm.probe import load_run_config, restore_params
     if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
         raise ConfigError(f"{args.out_dir} exists and is not empty; choose a new directory")
+    from lm import lora
+    from lm.hf import peft
     cfg = load_run_config(args.run_dir)
     hf.checkpoint.families.choose_family(cfg.model)  # refuse before restoring anything
-    _, params, step = restore_params(args.run_dir, cfg, args.step)
-    hf.save(cfg.model, params, args.out_dir, tokenizer_dir=args.tokenizer_dir)
-    print(f"exported {args.run_dir} step {step} as "
-          f"{hf.checkpoint.families.choose_family(cfg.model)} to {args.out_dir}")
+    if cfg.model.lora.on and not (args.adapter or args.merge):
+        raise ConfigError(f"{args.run_dir} is a LoRA run (model.lora.rank="
+                          f"{cfg.model.lora.rank}): pass --adapter (a PEFT adapter dir) or "
+                          "--merge (a full checkpoint with the adapters merged)")
+    if (args.adapter or args.merge) and not cfg.model.lora.on:
+        raise ConfigError(f"--adapter/--merge: {args.run_dir} has no LoRA adapters "
+                          "(model.lora.rank=0); export it without them")
+    if args.adapter:
+        peft._check_family(cfg.model)
+    setup, params, step = restore_params(args.run_dir, cfg, args.step)
+    model = setup.cfg.model
+    if args.adapter:
+        peft.save_adapter(model, params, args.out_dir, base=model.init_from)
+        what = "a PEFT adapter"
+    else:
+        if args.merge:
+            params = lora.merged(params, model)
+            model = dataclasses.replace(model, lora=lora.LoRACfg())
+        hf.save(model, params, args.out_dir, tokenizer_dir=args.tokenizer_dir)
+        what = hf.checkpoint.families.choose_family(model)
+    print(f"exported {args.run_dir} step {step} as {what} to {args.out_dir}")
     return 0
 
 
@@ -59,7 +84,7 @@ def cmd_sample(args) -> int:
         tok = HFTokenizer.load(args.dir)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    cfg, params = hf.load(args.dir, dtype=args.dtype)
+    cfg, params = hf.load(args.dir, dtype=args.dtype, adapter=args.adapter)
     if args.chat:
         ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}],
                                       add_generation_prompt=True, tokenize=True)
@@ -94,6 +119,9 @@ def main(argv=None) -> int:
     s.add_argument("out_dir")
     s.add_argument("--step", type=int, default=None)
     s.add_argument("--tokenizer-dir", default=None)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--adapter", action="store_true", help="LoRA run: a PEFT adapter dir")
+    g.add_argument("--merge", action="store_true", help="LoRA run: adapters merged in")
     s = sub.add_parser("sample", help="continue a prompt with a HF checkpoint")
     s.add_argument("dir")
     s.add_argument("--prompt", required=True)
@@ -102,6 +130,7 @@ def main(argv=None) -> int:
     s.add_argument("--temperature", type=float, default=0.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    s.add_argument("--adapter", default=None, help="a PEFT LoRA adapter dir on top of DIR")
     args = p.parse_args(argv)
     try:
         return {"inspect": cmd_inspect, "export": cmd_export, "sample": cmd_sample}[args.cmd](

@@ -144,7 +144,8 @@ def _plan(path: str, dtype: str | None, max_len: int | None):
     return cfg, family, files, plan, shapes, specs
 
 
-def load(path: str, mesh=None, dtype: str | None = None, max_len: int | None = None):
+def load(path: str, mesh=None, dtype: str | None = None, max_len: int | None = None,
+         adapter: str | None = None):
     """``(ModelCfg, params)`` from a Hugging Face directory (``config.json`` + safetensors).
 
     ``mesh``: a ``("data", "fsdp", "tensor")`` mesh (``lm.sharding.make_mesh``); params are
@@ -153,8 +154,11 @@ def load(path: str, mesh=None, dtype: str | None = None, max_len: int | None = N
     "float32"/"bfloat16"/"float16" casts; the compute dtype follows the param dtype.
     ``max_len`` caps ``max_position_embeddings`` (the KV-cache bound). Raises ``ConfigError``
     (nothing loaded) on a missing config or tensor, a shape mismatch, a truncated file or an
-    unsupported ``model_type``."""
+    unsupported ``model_type``. ``adapter``: a PEFT LoRA adapter directory (``lm.hf.peft``) on
+    top: the returned cfg has its ``model.lora`` and the params its adapters."""
     cfg, _, files, plan, shapes, specs = _plan(path, dtype, max_len)
+    if adapter is not None:
+        return _with_adapter(cfg, load(path, mesh, dtype, max_len)[1], adapter, mesh)
     np_dt = NP_DTYPES[cfg.param_dtype]
 
     def place(item):
@@ -181,6 +185,22 @@ def load(path: str, mesh=None, dtype: str | None = None, max_len: int | None = N
     with ThreadPoolExecutor(max_workers=8) as pool:
         out = dict(pool.map(place, plan.items()))
     return cfg, _nest(out)
+
+
+def _with_adapter(cfg: ModelCfg, params, adapter: str, mesh):
+    from lm import lora
+    from lm.hf import peft
+    cfg = dataclasses.replace(cfg, lora=peft.adapter_lora_cfg(adapter, cfg.lora))
+    shapes, specs = param_layout(cfg)
+    zeros, shard = {}, {}
+    for p, a in shapes.items():
+        if not lora.is_adapter(p):
+            continue
+        shard[p] = (SingleDeviceSharding(jax.devices()[0]) if mesh is None
+                    else NamedSharding(mesh, sh.fit_spec(specs[p], a.shape, mesh)))
+        zeros[p] = np.zeros(a.shape, a.dtype)
+    params = lora.combine(params, _nest(zeros))
+    return cfg, peft.load_into(cfg, params, _nest(shard), adapter)
 
 
 def _generation_config(tokenizer_dir: str | None, source: dict | None) -> dict:
