@@ -119,8 +119,9 @@ def pretrained_params(model, model_fn, mesh):
     from lm import sharding as sh
 
     graphdef, shapes, p_shard = sh.abstract_params(model_fn, mesh)
-    base_shapes, _ = lora.partition(shapes, lambda p: not lora.is_adapter(p))
-    params = (pretrained.load_params(model, mesh, base_shapes, p_shard) if model.init_from
+    not_adapter = lambda p: not lora.is_adapter(p)  # noqa: E731
+    base_shapes, base_shard = (lora.partition(t, not_adapter)[0] for t in (shapes, p_shard))
+    params = (pretrained.load_params(model, mesh, base_shapes, base_shard) if model.init_from
               else {})
     flat_have = lora._flat(params)
     missing = sorted(p for p in lora._flat(shapes) if p not in flat_have)

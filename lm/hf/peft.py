@@ -59,7 +59,7 @@ def save_adapter(cfg, params, out_dir: str, base: str = "") -> str:
         raise ConfigError("--adapter: the run has no LoRA adapters (model.lora.rank=0)")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"{out_dir} exists and is not empty; choose a new directory")
-    family = _check_family(cfg)
+    _check_family(cfg)
     flat = lora._flat(jax.device_get(lora.adapters(params)))
     tensors, targets = {}, []
     for i in range(cfg.n_layers):
@@ -81,8 +81,7 @@ def save_adapter(cfg, params, out_dir: str, base: str = "") -> str:
             "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
             "base_model_name_or_path": base, "inference_mode": True, "init_lora_weights": True,
             "modules_to_save": None, "use_dora": False, "layers_to_transform": None,
-            "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
-            "exported_by": f"lmresearch lm.hf.peft ({family})"}
+            "rank_pattern": {}, "alpha_pattern": {}, "revision": None}
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".peft-save-", dir=parent)
