@@ -117,6 +117,7 @@ def step_fn(model_cfg, opt, loss_name, steps):
     import jax
     from flax import nnx
 
+    from lm import lora
     from lm.losses import get_loss
     from lm.model import GPT
     from lm.optim import make_optimizer
@@ -125,19 +126,21 @@ def step_fn(model_cfg, opt, loss_name, steps):
     gd = graphdef(model_cfg)
     shapes = jax.eval_shape(lambda: nnx.to_pure_dict(nnx.state(GPT(model_cfg,
                                                                  rngs=nnx.Rngs(0)), nnx.Param)))
-    tx, _ = make_optimizer(opt, shapes, steps)
+    tx, _ = make_optimizer(opt, lora.trainable_subset(shapes, model_cfg), steps)
     cfg = Config(model=model_cfg, opt=opt)
-    return gd, tx, make_train_step(get_loss(loss_name), tx, model=gd, cfg=cfg)
+    return gd, tx, make_train_step(get_loss(loss_name), tx, model=gd, cfg=cfg,
+                                   trainable=lora.trainable_fn(model_cfg))
 
 
 def train_params(model_cfg, opt, loss_name, init_params, batches, steps, seed, log):
     """``steps`` optimizer steps from ``init_params`` (a pure dict of this model's shape)."""
     import jax
 
+    from lm import lora
     from lm.train import init_state, to_host
 
     gd, tx, step = step_fn(model_cfg, opt, loss_name, steps)
-    state = init_state(init_params, tx, seed)
+    state = init_state(init_params, tx, seed, None, lora.trainable_fn(model_cfg))
     for i, b in enumerate(batches):
         state, met = step(state, b)
         if (i + 1) % log["every"] == 0 or i + 1 == steps:

@@ -183,6 +183,12 @@ def frozen_state_fn(model_cfg):
     return frozen
 
 
+def trainable_subset(tree: dict, model_cfg) -> dict:
+    """The part of a params-shaped tree (params, shapes, shardings) the optimizer covers."""
+    trainable = trainable_fn(model_cfg)
+    return tree if trainable is None else partition(tree, trainable)[0]
+
+
 def _flat(tree, prefix=()):
     out = {}
     for k, v in tree.items():

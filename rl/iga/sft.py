@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lm import pretrained
+from lm import lora, pretrained
 from lm import sharding as sh
 from lm.config import Config
 from lm.losses import xent
@@ -107,13 +107,18 @@ class SFTTrainer:
         # abstract: nothing is materialised here (init_params gives the weights)
         self.graphdef, p_shapes, self.p_shard = sh.abstract_params(self._model_fn(seed),
                                                                    self.mesh)
-        tx, lr_fn = make_optimizer(opt_cfg, p_shapes, total_steps)
-        shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), p_shapes)
-        s_shard = state_shardings(shapes, self.p_shard, self.mesh)
-        self._state = jax.jit(lambda p, s: init_state(jax.tree.map(lambda x: x + 0.0, p), tx, s),
+        # model.lora: the optimizer covers the adapters only (lm.lora)
+        trainable, m = lora.trainable_fn(self.model_cfg), self.model_cfg
+        tx, lr_fn = make_optimizer(opt_cfg, lora.trainable_subset(p_shapes, m), total_steps)
+        shapes = jax.eval_shape(lambda p: init_state(p, tx, seed, None, trainable), p_shapes)
+        s_shard = state_shardings(shapes, self.p_shard, self.mesh,
+                                  None if trainable is None else
+                                  lora.trainable_subset(self.p_shard, m))
+        self._state = jax.jit(lambda p, s: init_state(jax.tree.map(lambda x: x + 0.0, p), tx, s,
+                                                      None, trainable),
                               static_argnums=1, out_shardings=s_shard)
         self.step = make_train_step(xent, tx, model=self.graphdef, cfg=_LOSS_CFG, mesh=self.mesh,
-                                    state_sharding=s_shard, lr_fn=lr_fn)
+                                    state_sharding=s_shard, lr_fn=lr_fn, trainable=trainable)
 
     def _model_fn(self, seed: int):
         return lambda: GPT(self.model_cfg, rngs=nnx.Rngs(seed))
@@ -123,7 +128,7 @@ class SFTTrainer:
         checkpoint's weights read straight onto the trainer's shardings (``lm.setup.
         pretrained_params``), the same for every seed, so seeds then vary only the data order
         and sampling (and a fresh DLR router, if one is configured)."""
-        if self.model_cfg.init_from:
+        if self.model_cfg.init_from or self.model_cfg.lora.init_from:
             return pretrained_params(self.model_cfg, self._model_fn(seed), self.mesh)[1]
         return sh.init_params(self._model_fn(seed), self.mesh)[1]
 
