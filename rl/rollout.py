@@ -5,8 +5,9 @@
     ro["tokens"], ro["mask"], ro["old_logp"], ro["ref_logp"]   # [N*G, P+T], the policy-loss batch
 
 Rows ``[n*G, (n+1)*G)`` answer prompt n (contiguous groups, as ``rl.advantages`` expects). The
-completions come from ``lm.sample.generate`` (jitted, batched, one prefill + cached decode steps,
-temperature / top-k / top-p, stop at EOS). ``lm.sample.splice`` packs prompt + completion into
+completions come from ``lm.sample.generate(..., group_size=G)`` (jitted, batched; each prompt is
+prefilled once and its KV cache shared by its G rows, then cached decode steps; temperature /
+top-k / top-p, stop at EOS). ``lm.sample.splice`` packs prompt + completion into
 right-padded rows with the completion mask (EOS included and scored; pads after it masked).
 Behaviour and reference log-probs come from ONE batched forward: the two parameter trees are
 stacked and the forward is ``vmap``-ped over them. The behaviour log-probs are recomputed with
@@ -39,9 +40,10 @@ def stacked_logprobs(model, params_list, tokens_BxS, mask_BxS):
 
 @functools.partial(jax.jit, static_argnames=("model", "group_size", "sample_cfg"))
 def _rollout(model, params, ref_params, prompt_NxP, prompt_len_N, group_size, sample_cfg, rng):
+    out = generate(model, params, prompt_NxP, prompt_len_N, sample_cfg, rng, jit=False,
+                   group_size=group_size)  # each prompt prefilled once, its cache shared by G rows
     prompt_BxP = jnp.repeat(prompt_NxP, group_size, axis=0)
     len_B = jnp.repeat(prompt_len_N, group_size, axis=0)
-    out = generate(model, params, prompt_BxP, len_B, sample_cfg, rng, jit=False)
     tokens_BxS, mask_BxS = splice(prompt_BxP, len_B, out["tokens_BxT"], out["mask_BxT"],
                                   sample_cfg.pad_id)
     lp = stacked_logprobs(model, [params, ref_params], tokens_BxS, mask_BxS)

@@ -12,7 +12,15 @@ from flax import nnx
 
 from lm.losses import bind
 from lm.model import GPT, ModelCfg
-from lm.sample import SampleCfg, filter_logits, generate, sample_logits, sequence_logprobs, splice
+from lm.sample import (
+    SampleCfg,
+    argmax_last,
+    filter_logits,
+    generate,
+    sample_logits,
+    sequence_logprobs,
+    splice,
+)
 
 T = 8
 PROMPT_BxP = np.array([[5, 9, 3, 17, 2, 40, 11],
@@ -106,6 +114,40 @@ def test_sampling_reproducible_and_rng_dependent():
     assert (np.asarray(a["tokens_BxT"]) != np.asarray(c["tokens_BxT"])).any()
     greedy = generate(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, GREEDY)
     assert (np.asarray(a["tokens_BxT"]) != np.asarray(greedy["tokens_BxT"])).any()
+
+
+@pytest.mark.parametrize("cfg", [
+    SampleCfg(max_new_tokens=T, temperature=1.0),
+    SampleCfg(max_new_tokens=T, temperature=0.8, top_k=10, top_p=0.9, eos_id=3),
+    GREEDY])
+def test_group_shared_prefill_equals_repeated_prompts(cfg):
+    """``group_size=G`` (each prompt prefilled once, its cache copied to its G rows) gives the
+    tokens of the same call on the prompts repeated G times with the same key, and log-probs
+    within 1e-5 (fp32: only the prefill batch differs, N rows instead of N*G)."""
+    graphdef, params = tiny()
+    G = 3
+    shared = generate(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, cfg, jax.random.key(4),
+                      group_size=G)
+    rep = generate(graphdef, params, np.repeat(PROMPT_BxP, G, 0), np.repeat(PROMPT_LEN_B, G), cfg,
+                   jax.random.key(4))
+    assert shared["tokens_BxT"].shape == (3 * G, T)
+    np.testing.assert_array_equal(shared["tokens_BxT"], rep["tokens_BxT"])
+    np.testing.assert_array_equal(shared["mask_BxT"], rep["mask_BxT"])
+    for k in ("logp_BxT", "logp_sampled_BxT"):
+        np.testing.assert_allclose(shared[k], rep[k], atol=1e-5, rtol=0)
+    if cfg.temperature > 0:  # the G rows of one prompt are distinct samples, not copies
+        toks = np.asarray(shared["tokens_BxT"]).reshape(3, G, T)
+        assert any((toks[n, 0] != toks[n, 1]).any() for n in range(3))
+
+
+def test_argmax_last_equals_argmax():
+    x = np.random.default_rng(0).integers(-3, 4, (64, 50)).astype(np.float32)  # many ties
+    x[:8, 10:] = -np.inf
+    np.testing.assert_array_equal(argmax_last(jnp.asarray(x)), np.argmax(x, -1))
+    k = jax.random.key(5)
+    logits = jax.random.normal(jax.random.key(6), (16, 300)) * 3
+    np.testing.assert_array_equal(sample_logits(logits, k, 1.0)[0],
+                                  jax.random.categorical(k, logits, axis=-1))
 
 
 def test_top_k_1_is_greedy():
@@ -232,6 +274,8 @@ def test_errors():
         generate(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, SampleCfg(max_new_tokens=18))
     with pytest.raises(ValueError, match="needs an rng"):
         generate(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, SampleCfg(max_new_tokens=2))
+    with pytest.raises(ValueError, match="group_size=0"):
+        generate(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, GREEDY, group_size=0)
     for bad in ({"temperature": -1.0}, {"top_k": -1}, {"top_p": 0.0}, {"max_new_tokens": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SampleCfg(**bad)
