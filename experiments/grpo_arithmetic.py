@@ -2,6 +2,19 @@
 
     python -m experiments.grpo_arithmetic --preset tiny     # CPU (2 cores), about 8-10 minutes
     python -m experiments.grpo_arithmetic --preset tiny --set exp.methods=grpo,dapo rl.group_size=4
+    make smollm2 && python -m experiments.grpo_arithmetic --preset smollm2 --workdir runs/g_s0 \
+        --set exp.methods=grpo train.seed=0 exp.results_dir=runs/g_s0/record   # ~45 min/method
+
+``--preset smollm2``: SmolLM2-135M-Instruct (``make smollm2``) from the base model, no SFT
+(``exp.sft_steps=0``), full fine-tuning (all 135M params, AdamW lr 1e-5; LoRA is not used here
+yet). Every prompt goes through the checkpoint's chat template with the system message "You are
+a helpful assistant." and the question "What is a + b? Answer with the number only."
+(``exp.prompt=chat``, ``rl.arithmetic``); the answer is the last integer of the assistant's text;
+sampling stops at ``<|im_end|>``; 16 new tokens fit "a + b = c" for 3-digit operands.
+4 prompts x 8 samples per step, 30 steps, greedy held-out accuracy (128 problems in-distribution
+1-2 digits, 128 with 3-digit operands) at steps 0/15/30 by the same evaluator as the base model.
+Measured on a 2-core AMD EPYC shared with other jobs (load ~6): a step is about 65 s (rollout
+~35 s, full-parameter AdamW step ~30 s), compile ~3 min, so one method is about 45 minutes.
 
 Problems ``"a+b="`` / ``"a-b="`` are generated with a seed: 1-2 digit operands for training and
 the in-distribution held-out set (disjoint problems), 3-digit operands for the longer-operand
@@ -26,16 +39,17 @@ from experiments.config import Config, RunCfg
 from lm.model import ModelCfg
 from lm.optim import OptCfg
 from lm.pretrained import prompt_ids, run_tokenizer
-from lm.sample import SampleCfg, generate
-from lm.sharding import MeshCfg
+from lm.sharding import ConfigError, MeshCfg
 from lm.train import TrainCfg
 from rl import rewards as RW
+from rl.arithmetic import ArithmeticFormat, greedy_accuracy
 from rl.loop import RLCfg, RLTask, train_rl
 from rl.losses import LossCfg
 from tokenization.bytes import ByteTokenizer
 
 TOK = ByteTokenizer()
 PROMPT_LEN = 8  # "999+999=" fits
+PROMPTS = ("raw", "chat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +65,17 @@ class ExpCfg:
     format_weight: float = 0.1
     overlong_cache: int = 2  # DAPO overlong shaping window (dapo only)
     results_dir: str = "results/grpo_arithmetic"
+    # "raw": the problem text "a+b=" (answer = first integer); "chat": "What is a + b? Answer
+    # with the number only." through the checkpoint's chat template (answer = last integer)
+    prompt: str = "raw"
+    system: str = ""  # chat: the system message ("" = none, the template's default)
+    prompt_len: int = 0  # prompt width in tokens; 0 = 8 (raw; chat needs it set)
+
+    def __post_init__(self):
+        if self.prompt not in PROMPTS:
+            raise ConfigError(f"exp.prompt={self.prompt!r} is not one of {list(PROMPTS)}")
+        if self.prompt == "chat" and self.prompt_len < 1:
+            raise ConfigError("exp.prompt=chat needs exp.prompt_len (the prompt width in tokens)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,17 +95,38 @@ def tiny() -> GRPOConfig:
         run=RunCfg(name="grpo_arithmetic_tiny", sample_tokens=0, progress=False))
 
 
-PRESETS = {"tiny": tiny}
+SMOLLM2_DIR = "data_cache/smollm2-135m-instruct"  # `make smollm2`
+SMOLLM2_SYSTEM = "You are a helpful assistant."
+
+
+def smollm2() -> GRPOConfig:
+    """SmolLM2-135M-Instruct (``make smollm2``), full fine-tuning from the base model (no SFT):
+    chat prompts with a short system message, answer = last integer, EOS ``<|im_end|>``."""
+    return GRPOConfig(
+        model=ModelCfg(init_from=SMOLLM2_DIR, max_len=64),  # KV-cache bound: 40 + 16 tokens
+        opt=OptCfg(lr=1e-5, warmup=0, schedule="constant", weight_decay=0.0),
+        mesh=MeshCfg(data=-1),
+        train=TrainCfg(loss="grpo", steps=30, batch_size=32, seq_len=56, ckpt_every=5),
+        rl=RLCfg(group_size=8, prompts_per_step=4, mu=1, max_new_tokens=16, eval_every=15),
+        exp=ExpCfg(methods=("grpo",), sft_steps=0, eval_n=128, prompt="chat",
+                   system=SMOLLM2_SYSTEM, prompt_len=40,  # 3-digit chat prompts are 38
+                   results_dir="results/grpo_arithmetic/smollm2"),
+        run=RunCfg(name="grpo_arithmetic_smollm2", sample_tokens=0, progress=False,
+                   max_to_keep=1))
+
+
+PRESETS = {"tiny": tiny, "smollm2": smollm2}
+
+
+def prompt_format(e: ExpCfg, tok=TOK) -> ArithmeticFormat:
+    """``exp.prompt``: the raw problem text, or the chat question (``rl.arithmetic``)."""
+    if e.prompt == "chat":
+        return ArithmeticFormat.chat(tok, width=e.prompt_len, system=e.system or None)
+    return ArithmeticFormat.raw(tok, e.prompt_len or PROMPT_LEN)
 
 
 def encode_prompts(prompts, tok=TOK):
-    width = PROMPT_LEN + int(getattr(tok, "prompt_bos", False))  # a checkpoint's BOS
-    out = np.full((len(prompts), width), tok.pad_id, np.int32)
-    lens = np.zeros(len(prompts), np.int32)
-    for i, p in enumerate(prompts):
-        ids = prompt_ids(tok, p)[:width]
-        out[i, : len(ids)], lens[i] = ids, len(ids)
-    return out, lens
+    return ArithmeticFormat.raw(tok, PROMPT_LEN).encode(prompts)
 
 
 def make_sets(e: ExpCfg, seed: int):
@@ -92,8 +138,9 @@ def make_sets(e: ExpCfg, seed: int):
     return train, held, long_
 
 
-def sft(cfg: GRPOConfig, workdir: str, train, tok=TOK) -> dict:
-    """Answer-masked next-token SFT with the shared train step; cached in workdir/sft.npz."""
+def sft(cfg: GRPOConfig, workdir: str, train, tok=TOK, fmt=None) -> dict:
+    """Answer-masked next-token SFT with the shared train step; cached in workdir/sft.npz.
+    ``exp.sft_steps=0``: the initial params (``model.init_from``'s), nothing cached."""
     from experiments.base import build
     from lm import sharding as sh
     from lm.checkpoint import load_params_npz, save_params_npz
@@ -104,13 +151,17 @@ def sft(cfg: GRPOConfig, workdir: str, train, tok=TOK) -> dict:
         cfg.train, loss="xent", steps=e.sft_steps, batch_size=e.sft_batch),
         opt=OptCfg(lr=e.sft_lr, warmup=20))
     setup = build(scfg)
+    if e.sft_steps == 0:
+        return jax.device_get(setup.state["params"])
     if os.path.exists(path):
         return load_params_npz(path, jax.device_get(setup.state["params"]))
+    fmt = fmt or prompt_format(e, tok)
     L = cfg.train.seq_len
     seqs = np.full((len(train), L + 1), tok.pad_id, np.int32)
     mask = np.zeros((len(train), L), np.float32)
     for i, (p, a) in enumerate(train):
-        pi, ai = prompt_ids(tok, p), tok.encode(str(a), add_eos=True)
+        pi = prompt_ids(tok, p) if fmt.chat_render is None else fmt.ids(p)
+        ai = tok.encode(str(a), add_eos=True)
         s = np.concatenate([pi, ai])[: L + 1]
         seqs[i, : len(s)] = s
         mask[i, len(pi) - 1: len(s) - 1] = 1.0
@@ -127,38 +178,34 @@ def sft(cfg: GRPOConfig, workdir: str, train, tok=TOK) -> dict:
     return params
 
 
-def accuracy(graphdef, params, items, max_new: int, tok=TOK) -> tuple[float, float]:
+def accuracy(graphdef, params, items, max_new: int, tok=TOK, fmt=None) -> tuple[float, float]:
     """Greedy exact-match accuracy and mean completion length (tokens incl. EOS)."""
-    prompts, answers = [p for p, _ in items], [a for _, a in items]
-    x, lens = encode_prompts(prompts, tok)
-    out = generate(graphdef, params, x, lens, SampleCfg(max_new_tokens=max_new, temperature=0,
-                                                         eos_id=tok.eos_id, pad_id=tok.pad_id))
-    toks, n = np.asarray(out["tokens_BxT"]), np.asarray(out["lengths_B"])
-    texts = [tok.decode(t[:k]) for t, k in zip(toks, n)]
-    return float(RW.exact_match(texts, answers).mean()), float(n.mean())
+    fmt = fmt or ArithmeticFormat.raw(tok, PROMPT_LEN)
+    return greedy_accuracy(graphdef, params, items, max_new, fmt)
 
 
-def make_task(cfg: GRPOConfig, train, held, long_, method: str, tok=TOK) -> RLTask:
+def make_task(cfg: GRPOConfig, train, held, long_, method: str, tok=TOK, fmt=None) -> RLTask:
     e, rc = cfg.exp, cfg.rl
     overlong = method == "dapo" and e.overlong_cache > 0
+    fmt = fmt or prompt_format(e, tok)
 
     def prompts(i):
         rng = np.random.default_rng([cfg.train.seed, i])
         ids = rng.choice(len(train), rc.prompts_per_step, replace=False)
-        x, lens = encode_prompts([train[j][0] for j in ids], tok)
+        x, lens = fmt.encode([train[j][0] for j in ids])
         return x, lens, [train[j][1] for j in ids], ids
 
     def reward(texts, answers, finished, lengths):
-        acc = RW.exact_match(texts, answers)
-        fmt = RW.format_reward(texts, finished)
-        r = acc + e.format_weight * fmt
+        acc = fmt.score(texts, answers)
+        form = RW.format_reward(texts, finished)
+        r = acc + e.format_weight * form
         if overlong:
             r = r + RW.overlong_penalty(lengths, rc.max_new_tokens, e.overlong_cache)
-        return r, {"train_accuracy": float(acc.mean()), "format": float(fmt.mean())}
+        return r, {"train_accuracy": float(acc.mean()), "format": float(form.mean())}
 
     def evaluate(graphdef, params):
-        a_in, len_in = accuracy(graphdef, params, held, rc.max_new_tokens, tok)
-        a_long, _ = accuracy(graphdef, params, long_, rc.max_new_tokens, tok)
+        a_in, len_in = accuracy(graphdef, params, held, rc.max_new_tokens, tok, fmt)
+        a_long, _ = accuracy(graphdef, params, long_, rc.max_new_tokens, tok, fmt)
         return {"acc_heldout": a_in, "acc_long": a_long, "greedy_length": len_in}
 
     return RLTask(prompts, reward, evaluate, lambda ids: tok.decode(ids), len(train),
@@ -215,12 +262,13 @@ def run(cfg: GRPOConfig, workdir: str, argv=None) -> dict:
             raise ConfigError(f"exp.methods: {m!r} is not a registered policy loss")
     prepare_run_dir(workdir, cfg)
     tok = run_tokenizer(cfg.model, TOK)  # the checkpoint's with model.init_from
+    fmt = prompt_format(cfg.exp, tok)
     train, held, long_ = make_sets(cfg.exp, cfg.train.seed)
-    sft_params = sft(cfg, workdir, train, tok)
+    sft_params = sft(cfg, workdir, train, tok, fmt)
     gd = build(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss="xent"))
                ).graphdef
-    base = {"acc_heldout": accuracy(gd, sft_params, held, cfg.rl.max_new_tokens, tok)[0],
-            "acc_long": accuracy(gd, sft_params, long_, cfg.rl.max_new_tokens, tok)[0]}
+    base = {"acc_heldout": accuracy(gd, sft_params, held, cfg.rl.max_new_tokens, tok, fmt)[0],
+            "acc_long": accuracy(gd, sft_params, long_, cfg.rl.max_new_tokens, tok, fmt)[0]}
     print(f"SFT: held-out {base['acc_heldout']:.3f}, long {base['acc_long']:.3f}", flush=True)
     records = {}
     for m in cfg.exp.methods:
@@ -228,7 +276,7 @@ def run(cfg: GRPOConfig, workdir: str, argv=None) -> dict:
             cfg, train=dataclasses.replace(cfg.train, loss=m),
             rl=dataclasses.replace(cfg.rl, dynamic_sampling=cfg.rl.dynamic_sampling or
                                    m == "dapo"))
-        task = make_task(mcfg, train, held, long_, m, tok)
+        task = make_task(mcfg, train, held, long_, m, tok, fmt)
         records[m] = train_rl(mcfg, os.path.join(workdir, m), task=task,
                               policy_params=sft_params, ref_params=sft_params)
     md, _ = table(records, base)

@@ -7,8 +7,9 @@
 
 Answer parsing (``parse_answer``) is deliberately forgiving: it strips whitespace, an optional
 leading ``=``, ignores a trailing period and reads the first signed integer (``"-3"``, ``"+4"``,
-``"1,024"`` -> 1024). The *format* reward is the strict one: the completion must be exactly an
-optionally signed integer and must have ended with EOS (not truncated). Rewards are numpy on the
+``"1,024"`` -> 1024); ``parse_last_answer`` reads the last one (a chat model's answer text,
+``"12 + 7 = 19."`` -> 19). The *format* reward is the strict one: the completion must be exactly
+an optionally signed integer and must have ended with EOS (not truncated). Rewards are numpy on the
 host: they run on decoded strings between the jitted rollout and the jitted update.
 """
 
@@ -36,9 +37,22 @@ def parse_answer(text: str) -> int | None:
         return None
 
 
-def exact_match(completions: list[str], answers) -> np.ndarray:
-    """1.0 where the parsed answer equals the target, else 0.0."""
-    return np.array([float(parse_answer(c) == int(a)) for c, a in zip(completions, answers)],
+def parse_last_answer(text: str) -> int | None:
+    """The last integer in ``text`` (a chat model's "12 + 7 = 19." reads 19), or None."""
+    found = _INT.findall(text)
+    if not found:
+        return None
+    try:
+        return int(found[-1].rstrip(",").replace(",", ""))
+    except ValueError:
+        return None
+
+
+def exact_match(completions: list[str], answers, last: bool = False) -> np.ndarray:
+    """1.0 where the parsed answer (the first integer; the last with ``last``) equals the
+    target, else 0.0."""
+    parse = parse_last_answer if last else parse_answer
+    return np.array([float(parse(c) == int(a)) for c, a in zip(completions, answers)],
                     np.float32)
 
 

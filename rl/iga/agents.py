@@ -27,15 +27,14 @@ scripted helpers, and ``StudentChat`` (the local JAX GPT), so one loop drives lo
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
+from lm.chat import COMPACT, ChatFormat, chat_format, compact_render  # noqa: F401 (moved)
 from rl.iga import graph as G
 from rl.iga import prompts as Pr
 
@@ -174,45 +173,6 @@ class ScriptedHelper:
             else:
                 raise ValueError(f"ScriptedHelper does not answer {p['kind']} prompts")
         return out
-
-
-def compact_render(messages) -> str:
-    """``<sys> system <user content> <a>``: the word-level student's compact chat text."""
-    system = " ".join(m["content"] for m in messages if m["role"] == "system")
-    user = " ".join(m["content"] for m in messages if m["role"] == "user")
-    return f"<sys> {system} {user} <a>"
-
-
-@dataclasses.dataclass(frozen=True)
-class ChatFormat:
-    """How the student's chats become prompt ids: ``render(messages) -> text``, then the
-    tokenizer's ids with its BOS in front when ``add_bos`` (off for a chat template, which writes
-    its own specials). Used for sampling (``StudentChat``) and the SFT pairs alike."""
-
-    name: str
-    render: Callable[[list[dict]], str]
-    add_bos: bool = True
-
-    def encode(self, tok, messages) -> np.ndarray:
-        return tok.encode(self.render(messages), add_bos=self.add_bos)
-
-
-COMPACT = ChatFormat("compact", compact_render)
-
-
-def chat_format(tok) -> ChatFormat:
-    """The prompt format for ``tok``: a loaded checkpoint's own chat template (its ``.hf``
-    tokenizer, ``lm.pretrained.CheckpointTokenizer``) when it has one; else the compact render,
-    framed the checkpoint's way (its BOS only when its post-processor adds one) or, for the
-    experiment's own tokenizers, with ``<bos>`` as always."""
-    hf = getattr(tok, "hf", None)
-    if hf is None:
-        return COMPACT
-    if hf.chat_templates:
-        return ChatFormat("chat_template", functools.partial(hf.apply_chat_template,
-                                                             add_generation_prompt=True),
-                          add_bos=False)
-    return ChatFormat("compact", compact_render, add_bos=tok.prompt_bos)
 
 
 class StudentChat:
