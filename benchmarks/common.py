@@ -34,11 +34,13 @@ def print_machine(baseline: str) -> None:
     print(f"cpu: {cpu_model()} ({os.cpu_count()} cores); baseline: {baseline}{smoke}")
 
 
-def jax_train_setup(mcfg, batch: int, seq: int, seed: int = 0):
+def jax_train_setup(mcfg, batch: int, seq: int, seed: int = 0, loaded=None, tokens=None):
     """``(graphdef, state, step, batch)``: the library's jitted xent train step for ``mcfg`` on
     one device (AdamW at a constant 3e-4, as the torch sides), its sharded train state and one
-    random ``[batch, seq]`` batch -- what the step benchmarks time (bench_train_step,
-    bench_remat, gpu_check)."""
+    ``[batch, seq]`` batch -- what the step benchmarks time (bench_train_step, bench_remat,
+    gpu_check, bench_real_model). ``loaded=(graphdef, params)`` starts from those params (placed
+    on the 1-device mesh, e.g. by ``lm.hf.load``) instead of a fresh init; ``tokens`` an int
+    ``[batch, seq + 1]`` array to train on instead of random ids."""
     import types
 
     import jax
@@ -54,16 +56,29 @@ def jax_train_setup(mcfg, batch: int, seq: int, seed: int = 0):
     ocfg = OptCfg(lr=3e-4, warmup=0, schedule="constant")
     cfg = types.SimpleNamespace(model=mcfg, opt=ocfg,
                                 train=TrainCfg(batch_size=batch, seq_len=seq))
-    mesh = sh.make_mesh(sh.MeshCfg(data=-1), devices=jax.devices()[:1])
-    graphdef, params, p_shard = sh.init_params(lambda: GPT(mcfg, rngs=nnx.Rngs(seed)), mesh)
+    mesh = one_device_mesh()
+    if loaded is None:
+        graphdef, params, p_shard = sh.init_params(lambda: GPT(mcfg, rngs=nnx.Rngs(seed)), mesh)
+    else:
+        graphdef, params = loaded
+        p_shard = jax.tree.map(lambda x: x.sharding, params)
     tx, lr_fn = make_optimizer(ocfg, params, 1000)
     shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
     s_shard = state_shardings(shapes, p_shard, mesh)
     state = jax.jit(lambda p: init_state(p, tx, seed), out_shardings=s_shard)(params)
     step = make_train_step(xent, tx, model=graphdef, cfg=cfg, mesh=mesh, state_sharding=s_shard,
                            microbatches=1, lr_fn=lr_fn)
-    toks = np.random.default_rng(seed).integers(0, mcfg.vocab_size, (batch, seq + 1))
-    toks = toks.astype(np.int32)
+    if tokens is None:
+        tokens = np.random.default_rng(seed).integers(0, mcfg.vocab_size, (batch, seq + 1))
+    toks = np.asarray(tokens).astype(np.int32)
     b = sh.shard_batch({"inputs": toks[:, :-1], "targets": toks[:, 1:],
                         "mask": np.ones((batch, seq), np.float32)}, mesh)
     return graphdef, state, step, b
+
+
+def one_device_mesh():
+    """The ``("data", "fsdp", "tensor")`` mesh over the first device (benchmarks time one)."""
+    import jax
+
+    from lm import sharding as sh
+    return sh.make_mesh(sh.MeshCfg(data=-1), devices=jax.devices()[:1])

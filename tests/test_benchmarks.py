@@ -30,7 +30,8 @@ def smoke_env() -> dict:
 
 
 def test_glob_finds_the_benchmarks():
-    assert {"bench_sample.py", "bench_gds.py", "bench_tdpo.py"} <= set(BENCHES)
+    assert {"bench_sample.py", "bench_gds.py", "bench_tdpo.py",
+            "bench_real_model.py"} <= set(BENCHES)
 
 
 @pytest.mark.parametrize("name", BENCHES)
