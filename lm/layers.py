@@ -18,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from lm import attention as attn_lib
 from lm import lora
+from lm.quant import read
 from lm.remat import ATTN_OUT
 from lm.sharding import constrain
 
@@ -163,13 +164,13 @@ class Attention(nnx.Module):
         cfg, dt = self.cfg, self.cfg.dtype_
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim_
         if K == N:
-            w_Dx3xNxH = self.qkv_Dx3xNxH[...].astype(dt)
+            w_Dx3xNxH = read(self, "qkv_Dx3xNxH", dt)
             ws = [(w_Dx3xNxH[:, c].reshape(D, N * H), N) for c in range(3)]
             bs = ([self.qkv_bias_3xNxH[...].astype(dt)[c].reshape(N * H) for c in range(3)]
                   if cfg.qkv_bias else [None] * 3)
         else:
-            w_Dx2xKxH = self.kv_Dx2xKxH[...].astype(dt)
-            ws = [(self.q_DxNxH[...].astype(dt).reshape(D, N * H), N)] + [
+            w_Dx2xKxH = read(self, "kv_Dx2xKxH", dt)
+            ws = [(read(self, "q_DxNxH", dt).reshape(D, N * H), N)] + [
                 (w_Dx2xKxH[:, c].reshape(D, K * H), K) for c in range(2)]
             bs = ([self.q_bias_NxH[...].astype(dt).reshape(N * H)] + [
                 self.kv_bias_2xKxH[...].astype(dt)[c].reshape(K * H) for c in range(2)]
@@ -225,7 +226,7 @@ class Attention(nnx.Module):
                                         **seg_k)
             new_kv = (k_BxSxKxH, v_BxSxKxH) + ((seg_k["seg_k_BxS"],) if seg else ())
         o_BxLxNxH = checkpoint_name(o_BxLxNxH, ATTN_OUT)  # kept by model.remat=attn_out
-        w_NHxD = self.out_NxHxD[...].astype(dt).reshape(N * H, D)
+        w_NHxD = read(self, "out_NxHxD", dt).reshape(N * H, D)
         o_BLxNH = o_BxLxNxH.reshape(B * L, N * H)
         y_BLxD = o_BLxNH @ w_NHxD
         if (d := lora.delta(self, "o", o_BLxNH, lora_rng)) is not None:
@@ -253,9 +254,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxLxD: Array, lora_rng: Array | None = None) -> Array:
         cfg, dt = self.cfg, self.cfg.dtype_
-        D, C, F = self.up_DxCxF.shape
+        D, C = cfg.d_model, 2 if cfg.mlp == "swiglu" else 1
         B, L = x_BxLxD.shape[:2]
-        x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), self.up_DxCxF[...].astype(dt)
+        x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), read(self, "up_DxCxF", dt)
         h_BLxF = [x_BLxD @ w_DxCxF[:, c] for c in range(C)]  # 2-D dots (see Attention)
         for c, t in enumerate(("gate", "up") if C == 2 else ("up",)):  # model.lora
             if (d := lora.delta(self, t, x_BLxD, lora_rng)) is not None:
@@ -269,7 +270,7 @@ class MLP(nnx.Module):
             h_BLxF = act(h_BLxF[0]) * h_BLxF[1]
         else:
             h_BLxF = act(h_BLxF[0])
-        y_BLxD = h_BLxF @ self.down_FxD[...].astype(dt)
+        y_BLxD = h_BLxF @ read(self, "down_FxD", dt)
         if (d := lora.delta(self, "down", h_BLxF, lora_rng)) is not None:
             y_BLxD = y_BLxD + d
         if cfg.mlp_bias:

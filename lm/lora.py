@@ -149,7 +149,8 @@ def attach(gpt, cfg, rngs: nnx.Rngs):
             if spec is None:
                 continue
             owner = block.attn if t in ATTN_TARGETS else block.mlp
-            setattr(owner, PREFIX + t, Adapter(*spec, lc, cfg.param_dtype_, rngs))
+            # fp32 adapters under a bf16/fp16 base (PEFT's autocast_adapter_dtype default)
+            setattr(owner, PREFIX + t, Adapter(*spec, lc, jnp.float32, rngs))
 
 
 # ----------------------------------------------------------------------------- params trees
@@ -238,6 +239,9 @@ def merged(params: dict, cfg) -> dict:
     cast back to the weight's dtype) and the adapters removed: the plain model of ``cfg`` with
     ``model.lora`` off computes the same function."""
     import numpy as np
+    if cfg.lora.base_dtype:  # QLoRA: merge into the dequantized base
+        from lm import quant
+        params = quant.dequantize_params(params, cfg.lora.base_dtype, cfg.param_dtype_)
     flat = _flat(jax.device_get(params))
     out = {p: v for p, v in flat.items() if not is_adapter(p)}
     s = cfg.lora.scale

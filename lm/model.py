@@ -29,6 +29,7 @@ from lm import attention as attn_lib
 from lm import remat as remat_lib
 from lm.layers import Block, Norm, dropout, param, parse_rope_scaling
 from lm.lora import LoRACfg, attach
+from lm.quant import quantize_module
 from lm.routing import DLRCfg, LatentRouter
 from lm.sharding import ConfigError, constrain
 
@@ -147,6 +148,8 @@ class GPT(nnx.Module):
                                      (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
         if cfg.dlr.on:  # created last: the base parameters draw the same random numbers
             self.dlr = LatentRouter(cfg, rngs)
+        if cfg.lora.base_dtype:  # QLoRA: the frozen block weights as codes + scales
+            quantize_module(self, cfg.lora.base_dtype)
         if cfg.lora.on:  # adapters after everything: base and router draws are unchanged
             attach(self, cfg, rngs)
 

@@ -121,8 +121,12 @@ def pretrained_params(model, model_fn, mesh):
     graphdef, shapes, p_shard = sh.abstract_params(model_fn, mesh)
     not_adapter = lambda p: not lora.is_adapter(p)  # noqa: E731
     base_shapes, base_shard = (lora.partition(t, not_adapter)[0] for t in (shapes, p_shard))
-    params = (pretrained.load_params(model, mesh, base_shapes, base_shard) if model.init_from
-              else {})
+    if model.init_from and model.lora.base_dtype:  # QLoRA: load float, quantize on device
+        params = _load_quantized(model, mesh, base_shard)
+    elif model.init_from:
+        params = pretrained.load_params(model, mesh, base_shapes, base_shard)
+    else:
+        params = {}
     flat_have = lora._flat(params)
     missing = sorted(p for p in lora._flat(shapes) if p not in flat_have)
     if missing:
@@ -135,6 +139,24 @@ def pretrained_params(model, model_fn, mesh):
         from lm.hf import peft
         params = peft.load_into(model, params, p_shard, model.lora.init_from)
     return graphdef, params, p_shard
+
+
+def _load_quantized(model, mesh, q_shard):
+    """The checkpoint's base read in float on its float shardings, then quantized on device
+    (``lm.quant``) onto ``q_shard`` (the float copy is donated)."""
+    import jax
+    from flax import nnx
+
+    from lm import lora, quant
+    from lm import sharding as sh
+    from lm.model import GPT
+    fcfg = dataclasses.replace(model, lora=lora.LoRACfg())
+    _, f_shapes, f_shard = sh.abstract_params(lambda: GPT(fcfg, rngs=nnx.Rngs(0)), mesh)
+    floats = pretrained.load_params(fcfg, mesh, f_shapes, f_shard)
+    kind = model.lora.base_dtype
+    q_shard = {k: v for k, v in q_shard.items() if k in floats}
+    return jax.jit(lambda p: quant.quantize_params(p, kind), out_shardings=q_shard,
+                   donate_argnums=0)(floats)
 
 
 def sample_text(setup: Setup, params, prompt: str, n_tokens: int, seed: int = 0) -> str:
