@@ -118,11 +118,31 @@ def _token_logp(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
 
 def _decode_rows(m, tokens_B: jax.Array, cache, index_B: jax.Array):
     """One decode step with a per-row cache position: ``GPT.decode`` vmapped over rows."""
-    def one(tok, kv_row, idx):
+    logits_BxLxV, cache = _decode_rows_L(m, tokens_B[:, None], cache, index_B)
+    return logits_BxLxV[:, 0], cache
+
+
+def _decode_rows_L(m, tokens_BxL: jax.Array, cache, index_B: jax.Array):
+    """``GPT.decode`` of L tokens per row at that row's cache slots ``index_b ..``, vmapped."""
+    def one(tok_L, kv_row, idx):
         kv = jax.tree.map(lambda x: x[None], kv_row)
-        logits_1x1xV, kv = m.decode(tok[None, None], kv, idx)
-        return logits_1x1xV[0, 0], jax.tree.map(lambda x: x[0], kv)
-    return jax.vmap(one)(tokens_B, cache, index_B)
+        logits_1xLxV, kv = m.decode(tok_L[None], kv, idx)
+        return logits_1xLxV[0], jax.tree.map(lambda x: x[0], kv)
+    return jax.vmap(one)(tokens_BxL, cache, index_B)
+
+
+def _prefill(m, prompt_NxP: jax.Array, prompt_len_N: jax.Array, S: int, G: int):
+    """Prefill N prompts into a length-S cache once, then copy each prompt's cache rows and its
+    next-token logits to its G rows. Returns ``(cache, logits_BxV, prompt_len_B)``, B = N*G."""
+    P = prompt_NxP.shape[1]
+    cache = m.init_cache(prompt_NxP.shape[0], S)
+    logits_NxPxV, cache = m.decode(prompt_NxP.astype(jnp.int32), cache, 0)
+    last_N = jnp.clip(prompt_len_N - 1, 0, P - 1)
+    logits_NxV = jnp.take_along_axis(logits_NxPxV, last_N[:, None, None], axis=1)[:, 0]
+    out = (cache, logits_NxV, prompt_len_N)
+    if G > 1:
+        out = jax.tree.map(lambda x: jnp.repeat(x, G, axis=0), out)  # row n*G + g <- prompt n
+    return out
 
 
 def _generate(model, params, prompt_NxP: jax.Array, prompt_len_N: jax.Array, cfg: SampleCfg,
@@ -144,14 +164,7 @@ def _generate(model, params, prompt_NxP: jax.Array, prompt_len_N: jax.Array, cfg
     prompt_len_N = jnp.asarray(prompt_len_N, jnp.int32)
 
     # prefill each distinct prompt once; a group's G rows then share (copies of) its cache rows
-    cache = m.init_cache(N, S)
-    logits_NxPxV, cache = m.decode(prompt_NxP.astype(jnp.int32), cache, 0)
-    last_N = jnp.clip(prompt_len_N - 1, 0, P - 1)
-    logits_BxV = jnp.take_along_axis(logits_NxPxV, last_N[:, None, None], axis=1)[:, 0]
-    prompt_len_B = prompt_len_N
-    if G > 1:
-        rows = lambda x: jnp.repeat(x, G, axis=0)  # row n*G + g <- prompt n
-        cache, logits_BxV, prompt_len_B = jax.tree.map(rows, (cache, logits_BxV, prompt_len_N))
+    cache, logits_BxV, prompt_len_B = _prefill(m, prompt_NxP, prompt_len_N, S, G)
 
     V = logits_BxV.shape[-1]
     bufs = {"tokens_BxT": jnp.full((B, T), cfg.pad_id, jnp.int32),
@@ -266,3 +279,41 @@ def sequence_logprobs(model, params, tokens_BxL: jax.Array, mask_BxL: jax.Array)
     tgt_BxL = jnp.take_along_axis(logp_BxLxV, tokens_BxL[:, 1:, None], -1)[..., 0]
     logp_BxL = jnp.pad(tgt_BxL, ((0, 0), (1, 0)))
     return logp_BxL * mask_BxL.astype(jnp.float32)
+
+
+def completion_logprobs(model, params, prompt_NxP: jax.Array, prompt_len_N: jax.Array,
+                        tokens_BxT: jax.Array, mask_BxT: jax.Array,
+                        group_size: int = 1) -> jax.Array:
+    """``[B, T]`` log-probs of completions given their prompts, each prompt prefilled once.
+
+    Row ``n*G + g`` of ``tokens_BxT`` (``generate``'s ``tokens_BxT``, B = N*G) continues prompt n:
+    the N prompts are prefilled into a KV cache once, its rows copied to their G completions, and
+    the completions' first T-1 tokens run through that cache in one call, so the forward costs
+    ``N*P + B*(T-1)`` token positions instead of ``sequence_logprobs``' ``B*(P+T)``. Entries where
+    ``mask_BxT`` is 0 are 0. Equal to ``sequence_logprobs`` on the spliced rows (at their
+    completion positions) up to fp32 round-off (tested); the same cached path as ``generate``'s
+    own ``logp_BxT``. Meant for scoring (reference log-probs of rollouts), not for gradients."""
+    m = bind(model, params)
+    N, P = prompt_NxP.shape
+    B, T = tokens_BxT.shape
+    cache, first_BxV, len_B = _prefill(m, prompt_NxP, jnp.asarray(prompt_len_N, jnp.int32),
+                                       P + T, group_size)
+    tokens_BxT = tokens_BxT.astype(jnp.int32)
+    logp_BxT = _token_logp(first_BxV, tokens_BxT[:, 0])[:, None]
+    if T > 1:
+        logits_BxTxV, _ = _decode_rows_L(m, tokens_BxT[:, :-1], cache, len_B)
+        rest_BxT = jax.vmap(_token_logp, in_axes=(1, 1), out_axes=1)(logits_BxTxV,
+                                                                      tokens_BxT[:, 1:])
+        logp_BxT = jnp.concatenate([logp_BxT, rest_BxT], axis=1)
+    return logp_BxT * mask_BxT.astype(jnp.float32)
+
+
+def place(values_BxT: jax.Array, prompt_len_B: jax.Array, S: int) -> jax.Array:
+    """Completion-aligned ``[B, T]`` values moved to ``splice``'s ``[B, S]`` rows (completion
+    token t at column ``len_b + t``); zero elsewhere (multiply by the splice mask for pads)."""
+    T = values_BxT.shape[1]
+    j_1xS = jnp.arange(S)[None, :]
+    len_Bx1 = jnp.asarray(prompt_len_B, jnp.int32)[:, None]
+    idx_BxS = jnp.clip(j_1xS - len_Bx1, 0, T - 1)
+    inside_BxS = (j_1xS >= len_Bx1) & (j_1xS < len_Bx1 + T)
+    return jnp.where(inside_BxS, jnp.take_along_axis(values_BxT, idx_BxS, axis=1), 0.0)

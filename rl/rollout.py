@@ -9,11 +9,14 @@ completions come from ``lm.sample.generate(..., group_size=G)`` (jitted, batched
 prefilled once and its KV cache shared by its G rows, then cached decode steps; temperature /
 top-k / top-p, stop at EOS). ``lm.sample.splice`` packs prompt + completion into
 right-padded rows with the completion mask (EOS included and scored; pads after it masked).
-Behaviour and reference log-probs come from ONE batched forward: the two parameter trees are
-stacked and the forward is ``vmap``-ped over them. The behaviour log-probs are recomputed with
-the training forward rather than copied from the sampler (verl does the same), so the first
-optimizer step sees ratio == 1 exactly; ``generate``'s own ``logp_BxT`` agrees with them to fp32
-round-off (tested).
+Behaviour and reference log-probs (``scoring``): by default ("cached") the behaviour log-probs
+are the sampler's own (the policy's temperature-1 log-probs of each drawn token, computed while
+sampling) and the reference's come from ``lm.sample.completion_logprobs``, which prefills each
+prompt once and scores the G completions through the shared cache: for SmolLM2-135M, 16 chat
+prompts x 8 x 32 tokens, the two full forwards over [128, P+T] took longer than sampling itself.
+Both agree with the training forward to fp32 round-off (tested). ``scoring="forward"`` keeps
+the earlier path: ONE batched training-kind forward over the spliced rows with the two parameter
+trees stacked and ``vmap``-ped (verl's recompute), so the first step's ratio is exactly 1.
 
 ``dynamic_sample`` is DAPO's dynamic sampling: keep drawing prompt batches, drop every group whose
 rewards are all equal (no signal for group-relative advantages), until ``want`` groups are
@@ -28,7 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.sample import SampleCfg, generate, sequence_logprobs, splice
+from lm.sample import (
+    SampleCfg,
+    completion_logprobs,
+    generate,
+    place,
+    sequence_logprobs,
+    splice,
+)
 
 
 def stacked_logprobs(model, params_list, tokens_BxS, mask_BxS):
@@ -38,35 +48,57 @@ def stacked_logprobs(model, params_list, tokens_BxS, mask_BxS):
     return jax.vmap(lambda p: sequence_logprobs(model, p, tokens_BxS, mask_BxS))(stacked)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "group_size", "sample_cfg"))
-def _rollout(model, params, ref_params, prompt_NxP, prompt_len_N, group_size, sample_cfg, rng):
+SCORING = ("cached", "forward")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "group_size", "sample_cfg", "scoring"))
+def _rollout(model, params, ref_params, prompt_NxP, prompt_len_N, group_size, sample_cfg, rng,
+             scoring="cached"):
     out = generate(model, params, prompt_NxP, prompt_len_N, sample_cfg, rng, jit=False,
                    group_size=group_size)  # each prompt prefilled once, its cache shared by G rows
     prompt_BxP = jnp.repeat(prompt_NxP, group_size, axis=0)
     len_B = jnp.repeat(prompt_len_N, group_size, axis=0)
     tokens_BxS, mask_BxS = splice(prompt_BxP, len_B, out["tokens_BxT"], out["mask_BxT"],
                                   sample_cfg.pad_id)
-    lp = stacked_logprobs(model, [params, ref_params], tokens_BxS, mask_BxS)
+    if scoring == "forward":
+        old_BxS, ref_BxS = stacked_logprobs(model, [params, ref_params], tokens_BxS, mask_BxS)
+    else:  # the sampler's own log-probs, and the reference's through the shared prefill
+        S = tokens_BxS.shape[1]
+        ref_BxT = completion_logprobs(model, ref_params, prompt_NxP, prompt_len_N,
+                                      out["tokens_BxT"], out["mask_BxT"], group_size)
+        mask_f = mask_BxS.astype(jnp.float32)
+        old_BxS = place(out["logp_BxT"], len_B, S) * mask_f
+        ref_BxS = place(ref_BxT, len_B, S) * mask_f
     last_B = jnp.take_along_axis(out["tokens_BxT"],
                                  jnp.maximum(out["lengths_B"] - 1, 0)[:, None], 1)[:, 0]
     eos = -1 if sample_cfg.eos_id is None else sample_cfg.eos_id
-    return {"tokens": tokens_BxS, "mask": mask_BxS.astype(jnp.float32), "old_logp": lp[0],
-            "ref_logp": lp[1], "completion_BxT": out["tokens_BxT"],
+    return {"tokens": tokens_BxS, "mask": mask_BxS.astype(jnp.float32), "old_logp": old_BxS,
+            "ref_logp": ref_BxS, "completion_BxT": out["tokens_BxT"],
             "sampler_logp_BxT": out["logp_BxT"], "lengths": out["lengths_B"],
             "finished": (out["lengths_B"] > 0) & (last_B == eos)}
 
 
 def rollout(model, params, ref_params, prompt_NxP, prompt_len_N, *, group_size: int,
-            sample_cfg: SampleCfg, rng) -> dict:
+            sample_cfg: SampleCfg, rng, scoring: str = "cached") -> dict:
     """G sampled completions per prompt with masks and behaviour/reference log-probs (jitted).
 
     Returns [B = N*G] arrays: ``tokens``/``mask``/``old_logp``/``ref_logp`` [B, P+T] (the
     policy-loss batch, minus ``adv``), ``completion_BxT``, ``sampler_logp_BxT``, ``lengths``
-    and ``finished`` (ended with EOS, not truncated)."""
+    and ``finished`` (ended with EOS, not truncated).
+
+    ``scoring``: ``"cached"`` (default) takes ``old_logp`` from the sampler (the policy's
+    temperature-1 log-probs it computed anyway) and ``ref_logp`` from
+    ``lm.sample.completion_logprobs`` (each prompt prefilled once): one forward of
+    ``N*P + B*(T-1)`` positions instead of two of ``B*(P+T)``; both equal the training forward's
+    log-probs up to fp32 round-off (tested), so the first step's ratio is 1 to ~1e-6.
+    ``"forward"``: both from one full forward of the training kind over the spliced rows (ratio
+    exactly 1 at the first step; about 3x the scoring cost for SmolLM2-135M's chat prompts)."""
     if group_size < 1:
         raise ValueError(f"group_size={group_size} must be >= 1")
+    if scoring not in SCORING:
+        raise ValueError(f"scoring={scoring!r}; allowed: {', '.join(SCORING)}")
     return _rollout(model, params, ref_params, jnp.asarray(prompt_NxP, jnp.int32),
-                    jnp.asarray(prompt_len_N, jnp.int32), group_size, sample_cfg, rng)
+                    jnp.asarray(prompt_len_N, jnp.int32), group_size, sample_cfg, rng, scoring)
 
 
 def completions_text(ro: dict, decode) -> list[str]:

@@ -15,8 +15,10 @@ from lm.model import GPT, ModelCfg
 from lm.sample import (
     SampleCfg,
     argmax_last,
+    completion_logprobs,
     filter_logits,
     generate,
+    place,
     sample_logits,
     sequence_logprobs,
     splice,
@@ -138,6 +140,25 @@ def test_group_shared_prefill_equals_repeated_prompts(cfg):
     if cfg.temperature > 0:  # the G rows of one prompt are distinct samples, not copies
         toks = np.asarray(shared["tokens_BxT"]).reshape(3, G, T)
         assert any((toks[n, 0] != toks[n, 1]).any() for n in range(3))
+
+
+def test_completion_logprobs_equal_full_forward():
+    """Scoring G completions per prompt through the shared prefill equals ``sequence_logprobs``
+    on the spliced rows (1e-5, fp32), masks included (EOS-stopped rows are zero after EOS)."""
+    graphdef, params = tiny()
+    G = 2
+    cfg = SampleCfg(max_new_tokens=T, temperature=1.0, eos_id=5)
+    out = generate(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, cfg, jax.random.key(7),
+                   group_size=G)
+    len_B = np.repeat(PROMPT_LEN_B, G)
+    seq, mask = splice(np.repeat(PROMPT_BxP, G, 0), len_B, out["tokens_BxT"], out["mask_BxT"])
+    want = sequence_logprobs(graphdef, params, seq, mask)
+    got_BxT = completion_logprobs(graphdef, params, PROMPT_BxP, PROMPT_LEN_B, out["tokens_BxT"],
+                                  out["mask_BxT"], group_size=G)
+    got = place(got_BxT, len_B, seq.shape[1])
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got_BxT, out["logp_BxT"], atol=1e-5, rtol=0)
+    assert np.asarray(mask).sum() == np.asarray(out["mask_BxT"]).sum() > 0
 
 
 def test_argmax_last_equals_argmax():
