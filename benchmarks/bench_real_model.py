@@ -10,7 +10,8 @@ Both sides load the same Hugging Face checkpoint (``data_cache/smollm2-135m-inst
   jax: ``lm.hf.load`` + the library's jitted train step (``benchmarks.common.jax_train_setup``,
   as bench_train_step); torch: ``transformers.LlamaForCausalLM`` eager (sdpa attention).
 - rollout: GRPO-style sampling, 16 chat prompts ("What is a + b? Answer with the number only."
-  rendered by ``tokenization.hf`` with the checkpoint's chat template) x 8 samples x 32 new
+  after the system message "You are a helpful assistant.", as the grpo_arithmetic smollm2 preset
+  asks, rendered by ``tokenization.hf`` with the checkpoint's chat template) x 8 samples x 32 new
   tokens, temperature 1, no top-k/top-p, EOS not stopping rows on either side (fixed work:
   128 x 32 new tokens). jax: ``lm.sample.generate(..., group_size=8)`` (each prompt prefilled
   once, its KV cache shared by its 8 rows; what ``rl.rollout`` samples with); hf: transformers'
@@ -55,6 +56,7 @@ from benchmarks.common import (  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CKPT = ROOT / "data_cache" / "smollm2-135m-instruct"
 QUESTION = "What is {a} + {b}? Answer with the number only."
+SYSTEM = "You are a helpful assistant."  # as experiments.grpo_arithmetic --preset smollm2
 # SmolLM2-135M-Instruct's chat template (ChatML with a default system message)
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -102,12 +104,25 @@ def readme_text() -> str:
     return (ROOT / "README.md").read_text()
 
 
+def hf_model(path: str):
+    """transformers' fp32 ``LlamaForCausalLM`` (sdpa attention) with its weights copied into
+    process memory: loaded from safetensors they can stay views of the memory-mapped file, which
+    a loaded machine pages out and re-reads mid-step (the jax side's arrays are copies)."""
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                          attn_implementation="sdpa")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    return model
+
+
 # ----------------------------------------------------------------------------- train step
 
 
 def train_sides(path: str, tok, batch: int, seq: int):
     """``{name: (ctx, run)}`` for the jax and torch train steps on the same batch."""
-    import transformers
 
     from lm import hf
 
@@ -122,8 +137,7 @@ def train_sides(path: str, tok, batch: int, seq: int):
                                         tokens=toks)
     jctx = {"state": state, "step": step, "batch": b}
 
-    model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                          attn_implementation="sdpa")
+    model = hf_model(path)
     model.train()
     named = list(model.named_parameters())  # the tied lm_head is listed once (as the embedding)
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
@@ -163,15 +177,16 @@ def torch_step(ctx) -> float:
 
 
 def chat_prompts(tok, n: int, seed: int = 0) -> list[list[int]]:
+    """Two-digit addition questions with the grpo_arithmetic smollm2 preset's system message."""
     rng = np.random.default_rng(seed)
-    msgs = [[{"role": "user", "content": QUESTION.format(a=int(a), b=int(b))}]
+    msgs = [[{"role": "system", "content": SYSTEM},
+             {"role": "user", "content": QUESTION.format(a=int(a), b=int(b))}]
             for a, b in rng.integers(10, 100, (n, 2))]
     return [[int(i) for i in tok.apply_chat_template(m, add_generation_prompt=True,
                                                      tokenize=True)] for m in msgs]
 
 
 def rollout_sides(path: str, prompts, group: int, new_tokens: int, with_rollout: bool):
-    import transformers
 
     from lm import hf
     from lm import sample as S
@@ -201,8 +216,7 @@ def rollout_sides(path: str, prompts, group: int, new_tokens: int, with_rollout:
         return rollout(gd, params, params, prompt, plen, group_size=group, sample_cfg=scfg,
                        rng=key)["old_logp"]
 
-    model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                          attn_implementation="sdpa")
+    model = hf_model(path)
     model.eval()
     model.generation_config.eos_token_id = None  # fixed work: rows do not stop at EOS
     attn = torch.from_numpy((np.arange(P)[None] >= (P - lens)[:, None]).astype(np.int64))
