@@ -42,7 +42,7 @@ from lm.pretrained import prompt_ids, run_tokenizer
 from lm.sharding import ConfigError, MeshCfg
 from lm.train import TrainCfg
 from rl import rewards as RW
-from rl.arithmetic import ArithmeticFormat, greedy_accuracy
+from rl.arithmetic import ArithmeticFormat, greedy_accuracy, problem_sets
 from rl.loop import RLCfg, RLTask, train_rl
 from rl.losses import LossCfg
 from tokenization.bytes import ByteTokenizer
@@ -130,12 +130,7 @@ def encode_prompts(prompts, tok=TOK):
 
 
 def make_sets(e: ExpCfg, seed: int):
-    rng = np.random.default_rng(seed)
-    pool = dict(zip(*RW.arithmetic_problems(e.train_pool + e.eval_n * 2, rng, e.digits)))
-    items = list(pool.items())
-    held, train = items[: e.eval_n], items[e.eval_n: e.eval_n + e.train_pool]
-    long_ = list(zip(*RW.arithmetic_problems(e.eval_n, rng, e.long_digits)))
-    return train, held, long_
+    return problem_sets(e.train_pool, e.eval_n, e.digits, e.long_digits, seed)
 
 
 def sft(cfg: GRPOConfig, workdir: str, train, tok=TOK, fmt=None) -> dict:

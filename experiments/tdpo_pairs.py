@@ -3,6 +3,23 @@
     python -m experiments.tdpo_pairs --preset tiny           # CPU (2 cores), about 6-8 minutes
     python -m experiments.tdpo_pairs --preset tiny --set data.paths=pairs.jsonl   # real pairs
     python -m experiments.tdpo_pairs --preset tiny --set exp.packing=document  # packed pairs
+    make smollm2 && python -m experiments.tdpo_pairs --preset smollm2 --workdir runs/tdpo_smollm2
+
+``--preset smollm2`` (``exp.task=arithmetic``): SmolLM2-135M-Instruct (``make smollm2``) is its
+own reference (no SFT), full fine-tuning (all 135M params, AdamW lr 5e-6, 40 steps of 8 pairs;
+LoRA is not used here yet). Prompts: "What is a + b? Answer with the number only." (1-2 digit
+operands) through the checkpoint's chat template with the system message "You are a helpful
+assistant."; EOS ``<|im_end|>``; 16 new tokens. Pairs (``arith_pairs``): 4 samples of the
+reference at T=0.7 per problem (192 problems); chosen = a correct sample, or the rendered
+correct answer ("19") when none of the 4 is correct; rejected = an incorrect sample (problems
+without one are dropped); the answer is the last integer of the text. DPO vs TDPO2 (same pairs,
+same reference); logged: sequence KL to the reference and T=1 sample accuracy (``reward``) on
+held-out pair prompts, preference accuracy on held-out pairs, and greedy accuracy on 128
+held-out 1-2 digit problems (``acc_heldout``) and 128 with 3-digit operands (``acc_long``), the
+same evaluator (``rl.arithmetic.greedy_accuracy``) as grpo_arithmetic, for the reference too.
+Measured on a 2-core AMD EPYC shared with other jobs (load 5-9): a 2-step smoke run with 16
+problems took 13 min wall (mostly compiling the 30-layer model); the full preset is sized to
+about 45 min per method (pair sampling ~10 min once, cached in ``pairs.json``).
 
 Rerunning a killed run with the same ``--workdir`` resumes it: the SFT reference is cached in
 ``reference.npz`` and each method checkpoints (state + its records) every ``train.ckpt_every``.
@@ -47,12 +64,14 @@ from lm.sharding import ConfigError, MeshCfg
 from lm.train import TrainCfg, to_host
 from rl import report
 from rl import rewards as RW
+from rl.arithmetic import ArithmeticFormat, greedy_accuracy, problem_sets
 from rl.losses import LossCfg, pref_logps
 from rl.pref_packing import pack_pairs
 from tokenization.bytes import ByteTokenizer
 
 TOK = ByteTokenizer()
 PACKINGS = ("none", "document")
+TASKS = ("sorted", "arithmetic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +91,23 @@ class PairExpCfg:
     packing: str = "none"
     pack_slots: int = 4  # at most this many pairs per packed row
     pack_len: int = 0  # packed row length; 0 = 2 * train.seq_len
+    # "sorted": the digit task above; "arithmetic": a chat model (model.init_from) asked "What is
+    # a + b? Answer with the number only." through its chat template, pairs from its own samples
+    task: str = "sorted"
+    system: str = ""  # arithmetic: the system message ("" = none)
+    prompt_len: int = 0  # arithmetic: prompt width in tokens
+    samples_per_prompt: int = 4  # arithmetic: reference samples drawn per prompt for the pairs
+    digits: tuple[int, ...] = (1, 2)  # arithmetic: operand digits (pairs, held-out)
+    long_digits: tuple[int, ...] = (3, 3)  # arithmetic: longer-operand held-out set
+    eval_n: int = 128  # arithmetic: problems per greedy-accuracy set
+    sample_batch: int = 128  # arithmetic: rows per sampling call
+    pair_temperature: float = 1.0  # arithmetic: sampling temperature of the pair candidates
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"exp.task={self.task!r} is not one of {list(TASKS)}")
+        if self.task == "arithmetic" and self.prompt_len < 1:
+            raise ConfigError("exp.task=arithmetic needs exp.prompt_len (prompt width in tokens)")
         if self.packing not in PACKINGS:
             raise ConfigError(f"exp.packing={self.packing!r} is not one of {list(PACKINGS)}")
         if self.pack_slots < 1 or self.pack_len < 0 or self.pack_len == 1:
@@ -96,7 +130,27 @@ def tiny() -> PairConfig:
         run=RunCfg(name="tdpo_pairs_tiny", sample_tokens=0, progress=False))
 
 
-PRESETS = {"tiny": tiny}
+SMOLLM2_DIR = "data_cache/smollm2-135m-instruct"  # `make smollm2`
+SMOLLM2_SYSTEM = "You are a helpful assistant."
+
+
+def smollm2() -> PairConfig:
+    """SmolLM2-135M-Instruct (``make smollm2``) as its own reference (no SFT), full fine-tuning;
+    pairs from its own answers to chat arithmetic questions (``arith_pairs``)."""
+    return PairConfig(
+        model=ModelCfg(init_from=SMOLLM2_DIR, max_len=64),  # 40 prompt + 16 answer tokens
+        opt=OptCfg(lr=5e-6, warmup=0, schedule="constant", weight_decay=0.0),
+        data=DataCfg(source="synthetic"), mesh=MeshCfg(data=-1),
+        train=TrainCfg(loss="dpo", steps=40, batch_size=8, seq_len=56, ckpt_every=10),
+        exp=PairExpCfg(methods=("dpo", "tdpo2"), task="arithmetic", sft_steps=0,
+                       n_prompts=192, n_eval_pairs=48, n_eval_samples=32, comp_len=15,
+                       eval_every=20, system=SMOLLM2_SYSTEM, prompt_len=40, eval_n=128,
+                       pair_temperature=0.7,
+                       results_dir="results/tdpo_pairs/smollm2"),
+        run=RunCfg(name="tdpo_pairs_smollm2", sample_tokens=0, progress=False, max_to_keep=1))
+
+
+PRESETS = {"tiny": tiny, "smollm2": smollm2}
 
 
 def pack(prompts, completions, S, tok=TOK):
@@ -151,6 +205,8 @@ def sft(cfg, prompts, completions, S, cache: str | None = None, tok=TOK):
         cfg.train, loss="xent", steps=cfg.exp.sft_steps, batch_size=64),
         opt=OptCfg(lr=cfg.exp.sft_lr, warmup=20))
     setup = build(scfg)
+    if cfg.exp.sft_steps == 0:  # the initial (model.init_from) params are the reference
+        return setup.graphdef, jax.device_get(setup.state["params"])
     if cache and os.path.exists(cache):
         return setup.graphdef, load_params_npz(cache, jax.device_get(setup.state["params"]))
     toks, mask = pack(prompts, completions, S + 1, tok)
@@ -166,13 +222,13 @@ def sft(cfg, prompts, completions, S, cache: str | None = None, tok=TOK):
     return setup.graphdef, params
 
 
-def sample(gd, params, prompts, n_new, seed, tok=TOK):
+def sample(gd, params, prompts, n_new, seed, tok=TOK, temperature: float = 1.0):
     P = max(len(p) for p in prompts)
     x = np.full((len(prompts), P), tok.pad_id, np.int32)
     for i, p in enumerate(prompts):
         x[i, : len(p)] = p
     lens = np.array([len(p) for p in prompts], np.int32)
-    out = generate(gd, params, x, lens, SampleCfg(max_new_tokens=n_new, temperature=1.0,
+    out = generate(gd, params, x, lens, SampleCfg(max_new_tokens=n_new, temperature=temperature,
                                                   eos_id=tok.eos_id, pad_id=tok.pad_id),
                    jax.random.key(seed))
     seq, mask = splice(x, lens, out["tokens_BxT"], out["mask_BxT"], tok.pad_id)
@@ -197,7 +253,10 @@ def distinct2(comps) -> float:
     return len(set(grams)) / max(len(grams), 1)
 
 
-def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward, tok=TOK):
+def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward, tok=TOK,
+             extra=None):
+    """``has_reward``: True (the sorted fraction), a ``texts -> rewards`` callable, or False;
+    ``extra(gd, params) -> dict`` adds metrics (the arithmetic task's greedy accuracy)."""
     seq, mask, comps = sample(gd, params, eval_prompts, e.comp_len + 1, 1000 + step, tok)
     kl, ent = _kl_entropy((gd, params), ref, jnp.asarray(seq), jnp.asarray(mask))
     texts = [tok.decode(c) for c in comps]
@@ -210,8 +269,12 @@ def evaluate(gd, params, ref, eval_prompts, eval_pairs, e, step, has_reward, tok
     out = {"seq_kl": float(kl), "entropy": float(ent), "distinct2": distinct2(comps),
            "unique": len({tuple(c) for c in comps}) / len(comps),
            "pref_accuracy": float(np.mean(r[:n] > r[n:]))}
-    if has_reward:
+    if callable(has_reward):
+        out["reward"] = float(np.mean(has_reward(texts)))
+    elif has_reward:
         out["reward"] = float(RW.sorted_fraction(texts).mean())
+    if extra is not None:
+        out.update(extra(gd, params))
     return out
 
 
@@ -230,6 +293,50 @@ def make_pairs(gd, ref, prompts, e, seed, tok=TOK):
     return out
 
 
+def arith_pairs(gd, ref, items, fmt: ArithmeticFormat, e, seed, cache=None, tok=TOK):
+    """Preference pairs in the reference's own words: ``exp.samples_per_prompt`` samples (at
+    ``exp.pair_temperature``) per problem; chosen = the first correct sample (the rendered
+    correct answer, e.g. "19", when none is correct), rejected = the first incorrect one
+    (problems without one are dropped).
+    Returns ``(triples, answers, info)``; cached as JSON in ``cache`` (a rerun reuses it)."""
+    if cache and os.path.exists(cache):
+        with open(cache) as fh:
+            d = json.load(fh)
+        return ([tuple(np.asarray(x, np.int32) for x in t) for t in d["triples"]], d["answers"],
+                d["info"])
+    K, n_new = e.samples_per_prompt, e.comp_len + 1
+    prompts = [fmt.ids(p) for p, _ in items for _ in range(K)]
+    comps = []
+    for s in range(0, len(prompts), e.sample_batch):
+        comps += sample(gd, ref, prompts[s: s + e.sample_batch], n_new, seed * 100003 + s,
+                        tok, e.pair_temperature)[2]
+    eos = set(getattr(tok, "eos_ids", (tok.eos_id,)))
+    strip = lambda c: np.asarray([t for t in c if t not in eos], np.int32)  # noqa: E731
+    ok = fmt.score([tok.decode(c) for c in comps], [a for _, a in items for _ in range(K)])
+    triples, answers, n_correct, n_rendered = [], [], 0, 0
+    for i, (_, a) in enumerate(items):
+        rows = range(i * K, (i + 1) * K)
+        good = [r for r in rows if ok[r]]
+        bad = [r for r in rows if not ok[r]]
+        n_correct += bool(good)
+        if not bad:
+            continue
+        chosen = strip(comps[good[0]]) if good else tok.encode(str(a))
+        n_rendered += not good
+        triples.append((prompts[i * K], chosen, strip(comps[bad[0]])))
+        answers.append(int(a))
+    info = {"problems": len(items), "with_a_correct_sample": n_correct,
+            "sample_accuracy": float(ok.mean()), "pairs": len(triples),
+            "chosen_rendered": n_rendered}
+    if cache:
+        tmp = cache + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"triples": [[x.tolist() for x in t] for t in triples],
+                       "answers": answers, "info": info}, fh)
+        os.replace(tmp, cache)
+    return triples, answers, info
+
+
 def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
     from lm.losses import get_loss
     e = cfg.exp
@@ -246,6 +353,16 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
         gd, ref = sft(cfg, [t[0] for t in triples], [t[1] for t in triples], S, ref_cache,
                       tok)
         has_reward = False
+    elif e.task == "arithmetic":
+        fmt = ArithmeticFormat.chat(tok, width=e.prompt_len, system=e.system or None)
+        items, held, long_ = problem_sets(e.n_prompts, e.eval_n, e.digits, e.long_digits,
+                                          cfg.train.seed)
+        gd, ref = sft(cfg, [fmt.ids(p) for p, _ in items],
+                      [tok.encode(str(a)) for _, a in items], S, ref_cache, tok)
+        triples, answers, info = arith_pairs(gd, ref, items, fmt, e, seed=1,
+                                             cache=os.path.join(workdir, "pairs.json"), tok=tok)
+        print(f"pairs: {info}", flush=True)
+        has_reward = True
     else:
         prompts = synthetic_prompts(e.n_prompts, rng, tok)
         comps = [tok.encode("".join(map(str, rng.integers(0, 10, e.comp_len)))) for _ in prompts]
@@ -258,9 +375,20 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
     rt, rm = pack([t[0] for t in ev_t], [t[2] for t in ev_t], S, tok)
     eval_pairs = (ct, cm, rt, rm)
     eval_prompts = [t[0] for t in ev_t][: e.n_eval_samples]
+    extra = None
+    if e.task == "arithmetic" and not cfg.data.paths:  # reward = T=1 sample accuracy
+        ev_answers = answers[: len(eval_prompts)]
+        has_reward = lambda texts: fmt.score(texts, ev_answers)  # noqa: E731
+
+        def extra(gd, params):
+            n_new = e.comp_len + 1
+            return {"acc_heldout": greedy_accuracy(gd, params, held, n_new, fmt,
+                                                   e.sample_batch)[0],
+                    "acc_long": greedy_accuracy(gd, params, long_, n_new, fmt,
+                                                e.sample_batch)[0]}
     print(f"{len(tr_t)} train pairs, {n_eval} held-out pairs", flush=True)
     records = {}
-    base = evaluate(gd, ref, ref, eval_prompts, eval_pairs, e, 0, has_reward, tok)
+    base = evaluate(gd, ref, ref, eval_prompts, eval_pairs, e, 0, has_reward, tok, extra)
     for m in e.methods:
         mcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=m))
         setup = build(mcfg, loss_state={"ref_params": ref})
@@ -290,7 +418,7 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
             recs.append({"step": step + 1, "split": "train", **to_host(met)})
             if (step + 1) % e.eval_every == 0 or step + 1 == cfg.train.steps:
                 ev = evaluate(gd, jax.device_get(state["params"]), ref, eval_prompts,
-                              eval_pairs, e, step + 1, has_reward, tok)
+                              eval_pairs, e, step + 1, has_reward, tok, extra)
                 recs.append({"step": step + 1, "split": "eval", **ev})
                 print(f"[{m}] step {step + 1}: " + " ".join(f"{k} {v:.3f}"
                                                             for k, v in ev.items()), flush=True)
@@ -309,6 +437,7 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
 def table(records, base, has_reward) -> str:
     cols = (["reward"] if has_reward else []) + ["seq_kl", "pref_accuracy", "distinct2",
                                                  "unique", "entropy"]
+    cols += [c for c in ("acc_heldout", "acc_long") if c in base]
     head = "| method | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols)
     rows = ["| reference (SFT) | " + " | ".join(f"{base[c]:.3f}" for c in cols) + " |"]
     for m, recs in records.items():

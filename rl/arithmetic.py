@@ -94,6 +94,19 @@ class ArithmeticFormat:
                          pad_id=tok.pad_id, stop_ids=stop)
 
 
+def problem_sets(train_pool: int, eval_n: int, digits, long_digits, seed: int):
+    """``(train, held, long)`` lists of ``(problem, answer)``: ``train_pool + 2 eval_n`` draws of
+    ``digits`` operands, deduplicated; the first ``eval_n`` distinct problems are the held-out
+    in-distribution set, the next ``train_pool`` the training pool (disjoint), then ``eval_n``
+    problems with ``long_digits`` operands."""
+    rng = np.random.default_rng(seed)
+    pool = dict(zip(*RW.arithmetic_problems(train_pool + eval_n * 2, rng, digits)))
+    items = list(pool.items())
+    held, train = items[:eval_n], items[eval_n: eval_n + train_pool]
+    long_ = list(zip(*RW.arithmetic_problems(eval_n, rng, long_digits)))
+    return train, held, long_
+
+
 def completions(out: dict, tok) -> list[str]:
     """Decoded completions of a ``generate`` result (specials dropped by ``tok.decode``)."""
     toks, n = np.asarray(out["tokens_BxT"]), np.asarray(out["lengths_B"])
