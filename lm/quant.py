@@ -62,8 +62,9 @@ def quantize(w, kind: str):
     if w.shape[-1] % 2:
         raise ValueError(f"nf4 packs two codes per byte: the last axis ({w.shape[-1]}) must "
                          "be even")
-    levels = jnp.asarray(NF4, jnp.float32)
-    idx = jnp.argmin(jnp.abs(x[..., None] - levels), -1).astype(jnp.uint8).reshape(w.shape)
+    levels = jnp.asarray(NF4, jnp.float32)  # nearest level: how many midpoints lie below x
+    mids = (levels[1:] + levels[:-1]) / 2
+    idx = jnp.searchsorted(mids, x.reshape(-1)).astype(jnp.uint8).reshape(w.shape)
     packed = (idx[..., 0::2] << 4) | idx[..., 1::2]
     return packed, scale
 

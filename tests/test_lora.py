@@ -205,3 +205,60 @@ def test_lora_run_resumes_bit_exact_and_saves_only_adapters(tmp_path):
     assert not any(p for p in paths if p[0] == "opt_state" and not lora.is_adapter(p)
                    and len(p) > 4)  # moments of adapters only
     assert not os.path.exists(str(ck) + ".unreadable")
+
+
+@pytest.mark.slow
+def test_8b_lora_dpo_step_fits_80_gb_in_the_dry_run(capsys):
+    """The Llama-3.1-8B config (shapes only), LoRA r16 on the seven projections, bf16 base,
+    remat=full, 8 sequences x 1024 tokens, 1 device: XLA's compiled memory analysis."""
+    from experiments import lm_pretrain
+    from experiments.base import main
+    cfg_dir = os.path.join(os.path.dirname(__file__), "..", "results", "lora_dry_run",
+                           "llama-3.1-8b")
+    rc = main(lm_pretrain.PRESETS, lm_pretrain.run, argv=[
+        "--dry-run", "--set", f"model.init_from={cfg_dir}", "model.lora.rank=16",
+        "model.param_dtype=bfloat16", "model.dtype=bfloat16", "model.remat=full",
+        "model.max_len=1024", "train.seq_len=1024", "train.loss=dpo", "train.batch_size=4",
+        "mesh.data=1", "run.dry_run_devices=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    gib = {line.split(":")[0]: float(line.split(":")[-1].split()[0]) for line in
+           out.splitlines() if "per device" in line and "GiB" in line}
+    assert "8 sequences of 1024 tokens" in out and "LoRA rank 16" in out
+    assert 14.5 < gib["params per device"] < 15.5  # 8.03B bf16 weights
+    assert 0.1 < gib["adapters per device"] < 0.2  # 42M fp32 adapter params
+    assert gib["optimizer per device"] < 0.4  # two Adam moments of the adapters only
+    assert gib["activations/temp per device (XLA, compiled for 1 CPU devices)"] > 1
+    total = gib["params + adapters + optimizer + activations per device"]
+    assert total * 2**30 <= 80e9, total
+
+
+def test_export_cli_writes_a_peft_adapter_or_a_merged_checkpoint(tmp_path, qwen3_dir):
+    from experiments import lm_pretrain
+    from experiments.base import main
+    from lm import hf
+    from lm.hf.__main__ import main as hf_main
+    run = tmp_path / "run"
+    argv = ["--preset", "tiny", "--workdir", str(run), "--set", f"model.init_from={qwen3_dir}",
+            "model.lora.rank=4", "model.lora.targets=q,v,down", "train.batch_size=8",
+            "train.seq_len=16", "data.source=synthetic", "run.progress=false",
+            "run.sample_tokens=0", "train.eval_batches=1", "train.steps=2",
+            "train.ckpt_every=2", "train.eval_every=2", "opt.warmup=0", "opt.lr=1e-2"]
+    assert main(lm_pretrain.PRESETS, lm_pretrain.run, argv=argv) == 0
+    assert hf_main(["export", str(run), str(tmp_path / "plain")]) == 2  # LoRA: say which
+    assert not (tmp_path / "plain").exists()
+    assert hf_main(["export", str(run), str(tmp_path / "ad"), "--adapter"]) == 0
+    assert hf_main(["export", str(run), str(tmp_path / "merged"), "--merge",
+                    "--tokenizer-dir", qwen3_dir]) == 0
+    import json
+    conf = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == qwen3_dir and conf["r"] == 4
+    assert sorted(conf["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    x = np.arange(12, dtype=np.int32)[None] % 50 + 3
+    c_ad, p_ad = hf.load(qwen3_dir, adapter=str(tmp_path / "ad"))
+    c_m, p_m = hf.load(str(tmp_path / "merged"))
+    with_ad = np.asarray(bind(hf.graphdef(c_ad), p_ad)(x))
+    merged_logits = np.asarray(bind(hf.graphdef(c_m), p_m)(x))
+    np.testing.assert_allclose(with_ad, merged_logits, atol=1e-5, rtol=0)
+    c_b, p_b = hf.load(qwen3_dir)
+    assert np.abs(np.asarray(bind(hf.graphdef(c_b), p_b)(x)) - with_ad).max() > 1e-4
