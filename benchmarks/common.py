@@ -47,6 +47,7 @@ def jax_train_setup(mcfg, batch: int, seq: int, seed: int = 0, loaded=None, toke
     import numpy as np
     from flax import nnx
 
+    from lm import lora
     from lm import sharding as sh
     from lm.losses import xent
     from lm.model import GPT
@@ -62,12 +63,15 @@ def jax_train_setup(mcfg, batch: int, seq: int, seed: int = 0, loaded=None, toke
     else:
         graphdef, params = loaded
         p_shard = jax.tree.map(lambda x: x.sharding, params)
-    tx, lr_fn = make_optimizer(ocfg, params, 1000)
-    shapes = jax.eval_shape(lambda p: init_state(p, tx, seed), params)
-    s_shard = state_shardings(shapes, p_shard, mesh)
-    state = jax.jit(lambda p: init_state(p, tx, seed), out_shardings=s_shard)(params)
+    trainable = lora.trainable_fn(mcfg)  # model.lora: adapters train, the base is frozen
+    tx, lr_fn = make_optimizer(ocfg, lora.trainable_subset(params, mcfg), 1000)
+    init = lambda p: init_state(p, tx, seed, None, trainable)  # noqa: E731
+    shapes = jax.eval_shape(init, params)
+    s_shard = state_shardings(shapes, p_shard, mesh, None if trainable is None else
+                              lora.trainable_subset(p_shard, mcfg))
+    state = jax.jit(init, out_shardings=s_shard)(params)
     step = make_train_step(xent, tx, model=graphdef, cfg=cfg, mesh=mesh, state_sharding=s_shard,
-                           microbatches=1, lr_fn=lr_fn)
+                           microbatches=1, lr_fn=lr_fn, trainable=trainable)
     if tokens is None:
         tokens = np.random.default_rng(seed).integers(0, mcfg.vocab_size, (batch, seq + 1))
     toks = np.asarray(tokens).astype(np.int32)
