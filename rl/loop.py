@@ -88,7 +88,7 @@ def _place(tree, shardings):
 
 def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=print) -> list:
     """Run ``cfg.train.steps`` RL steps from ``policy_params``; returns the metric records."""
-    from lm import lora
+    from lm import lora, quant
     from lm import metrics as M
     from lm import sharding as sh
     from lm.checkpoint import Checkpointer, abstract_target
@@ -115,6 +115,9 @@ def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=
             base = lora.merged(policy_params, setup.cfg.model)
         fresh = lora.adapters(state["params"])
         base, _ = lora.partition(base, lambda p: not lora.is_adapter(p))
+        qkind = setup.cfg.model.lora.base_dtype
+        if qkind and not any(quant.is_scale(p) for p in lora._flat(base)):  # QLoRA base
+            base = quant.quantize_params(base, qkind)
         base_shard, _ = lora.partition(setup.state_sharding["params"],
                                        lambda p: not lora.is_adapter(p))
         base = {k: v for k, v in base.items() if k in base_shard}
