@@ -30,6 +30,7 @@ tiny sizes (seconds; figures meaningless).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import pathlib
 import statistics
@@ -267,6 +268,60 @@ def ratio(times, num: str, den: str) -> float:
     return statistics.median(d / n for n, d in zip(times[num], times[den]))
 
 
+def bench_train(path, tok, args, cpu) -> float:
+    B, L = args.batch, args.seq
+    sides = train_sides(path, tok, B, L)
+    t0 = time.perf_counter()
+    for ctx, run in sides.values():
+        run(ctx)  # compile / first step, excluded
+    first = time.perf_counter() - t0
+    load0 = os.getloadavg()[0]
+    tt = interleave(sides, args.train_repeats, warmup=0 if SMOKE else 1)
+    print(f"\n[train] one fp32 AdamW xent step, {B} x {L} real tokens; cpu: {cpu}")
+    print(f"{'impl':<16}{'s/step':>9}{'tokens/s':>10}{'min s':>8}{'max s':>8}  first loss")
+    for k, (ctx, _) in sides.items():
+        ts = tt[k]
+        print(f"{k:<16}{statistics.median(ts):>9.3f}{B * L / statistics.median(ts):>10.0f}"
+              f"{min(ts):>8.3f}{max(ts):>8.3f}  {ctx['losses'][0]:.4f}")
+    r = ratio(tt, "jax (jit)", "torch (eager)")
+    per = ", ".join(f"{t / j:.2f}" for j, t in zip(tt["jax (jit)"], tt["torch (eager)"]))
+    print(f"jax/torch tokens/s: median of per-repeat ratios {r:.2f} ({per}); first steps "
+          f"(jax compile) {first:.1f}s; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    return r
+
+
+def bench_rollout(path, tok, args, cpu) -> float:
+    prompts = chat_prompts(tok, args.prompts)
+    G, T = args.group, args.new_tokens
+    fns, gen_jit = rollout_sides(path, prompts, G, T, with_rollout=not args.no_rollout_row)
+    sides = {k: ({}, (lambda ctx, f=f: timed(f, ctx))) for k, f in fns.items()}
+    for ctx, run in sides.values():
+        run(ctx)  # compile / first call, excluded
+    compiled = gen_jit._cache_size()
+    load0 = os.getloadavg()[0]
+    rt = interleave(sides, args.repeats, warmup=0)
+    recompiles = gen_jit._cache_size() - compiled
+    n_tok = len(prompts) * G * T
+    lens = [len(p) for p in prompts]
+    print(f"\n[rollout] {len(prompts)} chat prompts ({min(lens)}-{max(lens)} tokens) x {G} "
+          f"samples x {T} new tokens = {n_tok} tokens, temperature 1; cpu: {cpu}")
+    print(f"{'impl':<20}{'s/rollout':>10}{'tokens/s':>10}{'min s':>8}{'max s':>8}  vs hf")
+    for k, (ctx, _) in sides.items():
+        ts = rt[k]
+        assert ctx["shape"][0] == len(prompts) * G, (k, ctx["shape"])
+        if k != "jax rl.rollout":
+            assert ctx["shape"][1] == T, (k, ctx["shape"])
+        print(f"{k:<20}{statistics.median(ts):>10.2f}{n_tok / statistics.median(ts):>10.0f}"
+              f"{min(ts):>8.2f}{max(ts):>8.2f}  {ratio(rt, k, 'hf generate'):.2f}")
+    r = ratio(rt, "jax shared prefill", "hf generate")
+    per = ", ".join(f"{h / j:.2f}" for j, h in zip(rt["jax shared prefill"], rt["hf generate"]))
+    print(f"jax shared prefill / hf generate tokens/s per repeat: {per}; prefix sharing (shared /"
+          f" prompt x G): {ratio(rt, 'jax shared prefill', 'jax prompt x G'):.2f}; "
+          f"lm.sample.generate compiles during the timed repeats: {recompiles}; load average "
+          f"{load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    return r
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(CKPT))
@@ -277,6 +332,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=4 if SMOKE else 32)
     ap.add_argument("--batch", type=int, default=2 if SMOKE else 4)
     ap.add_argument("--seq", type=int, default=16 if SMOKE else 128)
+    ap.add_argument("--part", choices=("both", "train", "rollout"), default="both")
     ap.add_argument("--no-rollout-row", action="store_true",
                     help="skip the full rl.rollout row (sampling + two log-prob forwards)")
     args = ap.parse_args(argv)
@@ -305,56 +361,16 @@ def main(argv=None):
           f"threads={torch.get_num_threads()}, XLA threads={threads}, transformers "
           f"{transformers.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
-    # train step
-    B, L = args.batch, args.seq
-    sides = train_sides(path, tok, B, L)
-    t0 = time.perf_counter()
-    for ctx, run in sides.values():
-        run(ctx)  # compile / first step, excluded
-    first = time.perf_counter() - t0
-    tt = interleave(sides, args.train_repeats, warmup=0 if SMOKE else 1)
-    print(f"\n[train] one fp32 AdamW xent step, {B} x {L} real tokens; cpu: {cpu}")
-    print(f"{'impl':<16}{'s/step':>9}{'tokens/s':>10}{'min s':>8}{'max s':>8}  first loss")
-    for k, (ctx, _) in sides.items():
-        ts = tt[k]
-        print(f"{k:<16}{statistics.median(ts):>9.3f}{B * L / statistics.median(ts):>10.0f}"
-              f"{min(ts):>8.3f}{max(ts):>8.3f}  {ctx['losses'][0]:.4f}")
-    train_ratio = ratio(tt, "jax (jit)", "torch (eager)")
-    print(f"jax/torch tokens/s: median of per-repeat ratios {train_ratio:.2f}; first steps "
-          f"(jax compile) {first:.1f}s; load average {os.getloadavg()[0]:.1f}")
-    del sides
-
-    # rollouts
-    prompts = chat_prompts(tok, args.prompts)
-    G, T = args.group, args.new_tokens
-    fns, gen_jit = rollout_sides(path, prompts, G, T, with_rollout=not args.no_rollout_row)
-    rsides = {k: ({}, (lambda ctx, f=f: timed(f, ctx))) for k, f in fns.items()}
-    for ctx, run in rsides.values():
-        run(ctx)  # compile / first call, excluded
-    compiled = gen_jit._cache_size()
-    rt = interleave(rsides, args.repeats, warmup=0)
-    recompiles = gen_jit._cache_size() - compiled
-    n_tok = len(prompts) * G * T
-    lens = [len(p) for p in prompts]
-    print(f"\n[rollout] {len(prompts)} chat prompts ({min(lens)}-{max(lens)} tokens) x {G} "
-          f"samples x {T} new tokens = {n_tok} tokens, temperature 1; cpu: {cpu}")
-    print(f"{'impl':<20}{'s/rollout':>10}{'tokens/s':>10}{'min s':>8}{'max s':>8}  vs hf")
-    for k, (ctx, _) in rsides.items():
-        ts = rt[k]
-        assert ctx["shape"][0] == len(prompts) * G, (k, ctx["shape"])
-        if k != "jax rl.rollout":
-            assert ctx["shape"][1] == T, (k, ctx["shape"])
-        print(f"{k:<20}{statistics.median(ts):>10.2f}{n_tok / statistics.median(ts):>10.0f}"
-              f"{min(ts):>8.2f}{max(ts):>8.2f}  {ratio(rt, k, 'hf generate'):.2f}")
-    roll_ratio = ratio(rt, "jax shared prefill", "hf generate")
-    print(f"prefix sharing (shared / prompt x G tokens/s): "
-          f"{ratio(rt, 'jax shared prefill', 'jax prompt x G'):.2f}; lm.sample.generate "
-          f"compiles during the timed repeats: {recompiles}; load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"\nratios on {cpu}: train jax/torch {train_ratio:.2f} (target >= 1.1), rollout "
-          f"jax/hf {roll_ratio:.2f} (target >= 2.0)")
-    print(f"real-model train jax/torch tokens_per_s ratio: {train_ratio:.2f}")
-    print(f"real-model rollout jax/hf tokens_per_s ratio: {roll_ratio:.2f}")
+    parts = ("train", "rollout") if args.part == "both" else (args.part,)
+    got = {}
+    for part in parts:  # one function each, so a part's models are freed before the next
+        got[part] = (bench_train if part == "train" else bench_rollout)(path, tok, args, cpu)
+        gc.collect()
+    fmt = lambda k: f"{got[k]:.2f}" if k in got else "skipped (--part)"
+    print(f"\nratios on {cpu}: train jax/torch {fmt('train')} (target >= 1.1), rollout "
+          f"jax/hf {fmt('rollout')} (target >= 2.0)")
+    print(f"real-model train jax/torch tokens_per_s ratio: {fmt('train')}")
+    print(f"real-model rollout jax/hf tokens_per_s ratio: {fmt('rollout')}")
     if tmp is not None:
         tmp.cleanup()
 

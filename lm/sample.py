@@ -3,6 +3,10 @@
     out = generate(graphdef, params, prompt_BxP, prompt_len_B, SampleCfg(...), rng)
     seq_BxS, comp_mask_BxS = splice(prompt_BxP, prompt_len_B, out["tokens_BxT"], out["mask_BxT"])
     logp_BxS = sequence_logprobs(graphdef, params, seq_BxS, comp_mask_BxS)   # RL policy/ref logps
+    # G samples per prompt: prefill the N prompts once, decode N*G rows (row n*G + g <- prompt n)
+    out = generate(graphdef, params, prompt_NxP, prompt_len_N, cfg, rng, group_size=G)
+    ref_BxT = completion_logprobs(graphdef, ref, prompt_NxP, prompt_len_N, out["tokens_BxT"],
+                                  out["mask_BxT"], group_size=G)     # scored through one prefill
 
 Everything is a pure function of ``(graphdef, params, arrays)``: the module is rebuilt with
 ``lm.losses.bind`` inside the trace (Tree Mode), so ``generate`` can be called inside a larger
