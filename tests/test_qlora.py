@@ -83,3 +83,35 @@ def test_dry_run_prints_the_qlora_saving(capsys):
                 "activations/temp per device"):
         assert key in out
     assert jax.device_count() == 8
+
+
+# measured on SmolLM2-135M-Instruct, 3 texts x 21 positions, against its bf16 base: mean |dlogit|
+# int8 0.47 (max 3.4, top-1 0.94), nf4 1.67 (max 13.7, top-1 0.67); bf16 vs fp32: mean 0.12
+REAL_TOL = {"int8": (0.6, 0.9), "nf4": (2.0, 0.6)}  # (mean |dlogit| <=, top-1 agreement >=)
+
+
+@pytest.mark.slow
+def test_qlora_logits_on_the_real_model_within_the_stated_tolerance(smollm2_dir):
+    from lm.config import Config, override
+    from lm.losses import bind
+    from lm.setup import build
+    from tokenization.hf import HFTokenizer
+    tok = HFTokenizer.load(smollm2_dir)
+    texts = ["The quick brown fox jumps over the lazy dog. In the beginning God created the "
+             "heaven and the earth.", "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+             "What is 12 + 7? Answer with the number only. The answer is 19."]
+    ids = [tok.encode(t)[:32] for t in texts]
+    x = np.array([i[: min(map(len, ids))] for i in ids], np.int32)
+    base = ["model.param_dtype=bfloat16", "model.dtype=bfloat16", "model.max_len=64",
+            f"model.init_from={smollm2_dir}"]
+
+    from tests.helpers import mesh
+
+    def logits(*sets):  # one device: the suite's 8 fake ones would hold 8 replicas
+        s = build(override(Config(), base + list(sets)), mesh=mesh((1, 1, 1)))
+        return np.asarray(bind(s.graphdef, jax.device_get(s.state["params"]))(x))
+    ref = logits()
+    for kind, (mean_tol, top1) in REAL_TOL.items():
+        q = logits("model.lora.rank=8", f"model.lora.base_dtype={kind}")
+        assert np.abs(q - ref).mean() <= mean_tol, kind
+        assert (q.argmax(-1) == ref.argmax(-1)).mean() >= top1, kind
