@@ -49,6 +49,7 @@ import numpy as np
 from flax import nnx
 
 from lm.losses import bind, xent_from_logits
+from lm.sharding import ConfigError
 
 EMBED, UNEMBED = "embed_VxD", "unembed_DxV"
 
@@ -179,6 +180,10 @@ class StageTrainer:
         from lm.optim import make_optimizer
         from lm.train import init_state, make_train_step, state_shardings
 
+        if cfg.model.lora.on:  # the curriculum grows and trains the embedding rows
+            raise ConfigError("the vocabulary curriculum trains new embedding rows as it grows "
+                              "the tokenizer: it runs full fine-tuning only; drop "
+                              f"model.lora.rank={cfg.model.lora.rank}")
         seed = cfg.train.seed
         graphdef, fresh, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)),
                                                   mesh)
@@ -237,6 +242,10 @@ class PaddedTrainer:
         from lm.train import init_state, make_train_step, state_shardings
 
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=v_pad))
+        if cfg.model.lora.on:  # the curriculum grows and trains the embedding rows
+            raise ConfigError("the vocabulary curriculum trains new embedding rows as it grows "
+                              "the tokenizer: it runs full fine-tuning only; drop "
+                              f"model.lora.rank={cfg.model.lora.rank}")
         seed = cfg.train.seed
         graphdef, fresh, p_shard = sh.init_params(lambda: GPT(cfg.model, rngs=nnx.Rngs(seed)),
                                                   mesh)
