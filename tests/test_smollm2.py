@@ -35,6 +35,9 @@ CHATS = [
      {"role": "user", "content": "Name three colours."}],
 ]
 LOGIT_TOL, LOGP_TOL = 3e-4, 1e-4
+# the e2e runs shard the 135M params over the 8 fake devices (a data-parallel mesh would hold 8
+# replicas of params + Adam state: ~14 GB, more than this machine spares)
+FSDP = ("mesh.data=1", "mesh.fsdp=-1")
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +112,68 @@ def test_greedy_chat_continuation_is_the_same_32_tokens(models):
         theirs = g[0, len(p):].tolist()
         assert ours == theirs, (tok.decode(ours), tok.decode(theirs))
         assert len(ours) >= 8  # a real continuation, not an immediate stop
+
+
+def test_arithmetic_chat_prompts_are_the_checkpoint_template(smollm2_dir):
+    from experiments import grpo_arithmetic as G
+    from lm.model import ModelCfg
+    from lm.pretrained import tokenizer_for
+    from rl.arithmetic import ArithmeticFormat
+    tok = tokenizer_for(ModelCfg(init_from=smollm2_dir))
+    assert tok.eos_id == 2 and tok.hf.id_to_token(2) == "<|im_end|>"
+    fmt = ArithmeticFormat.chat(tok, width=40, system=G.SMOLLM2_SYSTEM)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    want = hf_tok.apply_chat_template(
+        [{"role": "system", "content": "You are a helpful assistant."},
+         {"role": "user", "content": "What is 12 + 7? Answer with the number only."}],
+        tokenize=False, add_generation_prompt=True)
+    assert list(fmt.ids("12+7=")) == hf_tok(want, add_special_tokens=False)["input_ids"]
+    x, lens = fmt.encode(["12+7=", "999-999="])
+    assert x.shape == (2, 40) and lens.max() <= 40 and np.all(x[0, lens[0]:] == tok.pad_id)
+    assert list(fmt.score(["12 + 7 = 19.", "19 is wrong, 20", "The answer is 0"], [19, 19, 0])
+                ) == [1.0, 0.0, 1.0]  # the last integer of the assistant's text
+
+
+@pytest.mark.slow
+def test_grpo_arithmetic_smollm2_preset_two_steps(smollm2_dir, tmp_path):
+    import json
+
+    from experiments import grpo_arithmetic as G
+    from experiments.base import main
+    res = tmp_path / "res"
+    rc = main(G.PRESETS, G.run, argv=[
+        "--preset", "smollm2", "--workdir", str(tmp_path / "w"), "--set",
+        f"model.init_from={smollm2_dir}", *FSDP, "train.steps=2", "rl.eval_every=2",
+        "rl.prompts_per_step=4", "rl.group_size=2", "rl.max_new_tokens=4", "exp.eval_n=4",
+        "exp.train_pool=16", "train.ckpt_every=2", f"exp.results_dir={res}"])
+    assert rc == 0
+    rows = [json.loads(x) for x in open(tmp_path / "w" / "grpo" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 2]
+    assert all(np.isfinite(r["loss"]) for r in rows if r["split"] == "train")
+    assert all(0 < r["response_length"] <= 4 for r in rows if r["split"] == "train")
+    cfg = json.load(open(tmp_path / "w" / "config.json"))
+    assert cfg["exp"]["sft_steps"] == 0 and cfg["exp"]["prompt"] == "chat"
+    assert cfg["model"]["n_layers"] == 30 and (res / "README.md").exists()
+
+
+@pytest.mark.slow
+def test_tdpo_pairs_smollm2_preset_two_steps(smollm2_dir, tmp_path):
+    import json
+
+    from experiments import tdpo_pairs as T
+    from experiments.base import main
+    res = tmp_path / "res"
+    rc = main(T.PRESETS, T.run, argv=[
+        "--preset", "smollm2", "--workdir", str(tmp_path / "w"), "--set",
+        f"model.init_from={smollm2_dir}", *FSDP, "train.steps=2", "exp.eval_every=2",
+        "exp.n_prompts=16", "exp.samples_per_prompt=2", "exp.comp_len=3", "exp.eval_n=4",
+        "exp.n_eval_samples=2", "exp.sample_batch=32", "train.batch_size=8",
+        f"exp.results_dir={res}"])
+    assert rc == 0
+    pairs = json.load(open(tmp_path / "w" / "pairs.json"))
+    assert pairs["info"]["problems"] == 16 and len(pairs["triples"]) == pairs["info"]["pairs"]
+    rows = [json.loads(x) for x in open(res / "metrics.jsonl")]
+    assert {r["method"] for r in rows} == {"reference", "dpo", "tdpo2"}
+    ev = [r for r in rows if r["method"] == "tdpo2" and r.get("split") == "eval"]
+    assert {"seq_kl", "acc_heldout", "acc_long", "reward"} <= set(ev[-1])
+    assert ev[-1]["seq_kl"] >= 0
