@@ -66,7 +66,10 @@ def checkpoint_model_cfg(path: str) -> ModelCfg:
         from lm.hf.families import to_model_cfg
         return to_model_cfg(read_config(path))
     from lm.probe import load_run_config
-    return dataclasses.replace(load_run_config(path).model, init_from="")
+    run = load_run_config(path)
+    if run.model.init_from:  # a run that started from a checkpoint has that architecture
+        run = resolve(run)
+    return dataclasses.replace(run.model, init_from="")
 
 
 def _runtime(cfg: ModelCfg) -> tuple[str, ...]:
@@ -177,9 +180,13 @@ def load_params(model: ModelCfg, mesh, like_shapes, shardings):
     else:
         from lm.probe import load_run_config, restore_params
         run_cfg = load_run_config(path)  # its own init_from is spent: restore, don't reload
-        run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(run_cfg.model,
-                                                                           init_from=""))
-        _, params, _ = restore_params(path, run_cfg)
+        if not run_cfg.model.lora.on:  # (a LoRA run's checkpoints hold adapters: its base
+            run_cfg = dataclasses.replace(run_cfg, model=dataclasses.replace(  # is reloaded)
+                run_cfg.model, init_from=""))
+        setup, params, _ = restore_params(path, run_cfg)
+        if run_cfg.model.lora.on:  # the run's function: its adapters merged into its base
+            from lm import lora
+            params = lora.merged(params, setup.cfg.model)
     want = {k: v for k, v in like_shapes.items() if k in params}
     got = {k: params[k] for k in want}
     bad = [f"{'/'.join(map(str, p))}: checkpoint {a.shape}, model {b.shape}"

@@ -262,3 +262,8 @@ def test_export_cli_writes_a_peft_adapter_or_a_merged_checkpoint(tmp_path, qwen3
     np.testing.assert_allclose(with_ad, merged_logits, atol=1e-5, rtol=0)
     c_b, p_b = hf.load(qwen3_dir)
     assert np.abs(np.asarray(bind(hf.graphdef(c_b), p_b)(x)) - with_ad).max() > 1e-4
+    # the LoRA run dir as model.init_from: its function (adapters merged into its base)
+    nxt = build(override(Config(), [f"model.init_from={run}", "model.dtype=float32"]))
+    assert not lora.adapters(nxt.state["params"])
+    got = np.asarray(bind(nxt.graphdef, jax.device_get(nxt.state["params"]))(x))
+    np.testing.assert_allclose(got, merged_logits, atol=1e-5, rtol=0)
