@@ -52,6 +52,7 @@ import numpy as np
 
 from experiments.base import build, main, prepare_run_dir
 from experiments.config import Config, RunCfg
+from lm import lora
 from lm import sharding as sh
 from lm.checkpoint import Checkpointer, abstract_target, load_params_npz, save_params_npz
 from lm.data import DataCfg
@@ -393,14 +394,19 @@ def run(cfg: PairConfig, workdir: str, argv=None) -> dict:
         mcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss=m))
         setup = build(mcfg, loss_state={"ref_params": ref})
         state = dict(setup.state)
-        state["params"] = jax.tree.map(lambda x, s: jax.device_put(x, s), ref,
-                                       setup.state_sharding["params"])
+        if mcfg.model.lora.on:  # adapters on ``ref``; the reference is it, adapters off
+            state["params"] = lora.on_base(state["params"], ref, setup.state_sharding["params"],
+                                           setup.cfg.model)
+        else:
+            state["params"] = jax.tree.map(lambda x, s: jax.device_put(x, s), ref,
+                                           setup.state_sharding["params"])
         ckpt = Checkpointer(os.path.join(workdir, m, "checkpoints"),
-                            max_to_keep=cfg.run.max_to_keep)
+                            max_to_keep=cfg.run.max_to_keep,
+                            frozen=lora.frozen_state_fn(setup.cfg.model))  # LoRA: adapters
         start, recs = 0, [{"step": 0, "split": "eval", **base}]
         if ckpt.latest_step() is not None:  # resume this method where a killed run stopped
             target = abstract_target(state, setup.state_sharding)
-            state, data = ckpt.restore(ckpt.latest_step(), target)
+            state, data = ckpt.restore(ckpt.latest_step(), target, fill=state)
             start, recs = int(data["step"]), data["records"]
             print(f"[{m}] resumed at step {start}", flush=True)
         B = cfg.train.batch_size

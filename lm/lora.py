@@ -190,6 +190,25 @@ def trainable_subset(tree: dict, model_cfg) -> dict:
     return tree if trainable is None else partition(tree, trainable)[0]
 
 
+def on_base(params: dict, base: dict, shardings: dict, model_cfg) -> dict:
+    """``params`` (a LoRA model's: base + adapters) with its base replaced by ``base`` (a plain
+    params dict of the same model, e.g. an SFT result; adapters it carries are merged in first;
+    quantized for QLoRA), placed on ``shardings``: the experiments' "start the policy from these
+    weights" under LoRA, keeping the fresh adapters."""
+    if adapters(base):
+        base = merged(base, model_cfg)
+    not_adapter = lambda p: not is_adapter(p)  # noqa: E731
+    base = partition(base, not_adapter)[0]
+    kind = model_cfg.lora.base_dtype
+    if kind and not any(str(p[-1]).endswith("_qscale") for p in _flat(base)):
+        from lm import quant
+        base = quant.quantize_params(base, kind)
+    b_shard = partition(shardings, not_adapter)[0]
+    flat_b, flat_s = _flat(base), _flat(b_shard)
+    placed = {p: jax.device_put(jnp.asarray(flat_b[p]), s) for p, s in flat_s.items()}
+    return combine(_nest(placed), adapters(params))
+
+
 def _flat(tree, prefix=()):
     out = {}
     for k, v in tree.items():

@@ -88,7 +88,7 @@ def _place(tree, shardings):
 
 def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=print) -> list:
     """Run ``cfg.train.steps`` RL steps from ``policy_params``; returns the metric records."""
-    from lm import lora, quant
+    from lm import lora
     from lm import metrics as M
     from lm import sharding as sh
     from lm.checkpoint import Checkpointer, abstract_target
@@ -110,18 +110,8 @@ def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=
     else:  # LoRA: ``policy_params`` (adapters merged in, if it has any) is the frozen base under
         # fresh adapters; the reference is that base with adapters off (``lora.disabled``), no
         # second copy of the weights (``ref_params`` must be the same model: it is not read)
-        base = policy_params
-        if lora.adapters(policy_params):
-            base = lora.merged(policy_params, setup.cfg.model)
-        fresh = lora.adapters(state["params"])
-        base, _ = lora.partition(base, lambda p: not lora.is_adapter(p))
-        qkind = setup.cfg.model.lora.base_dtype
-        if qkind and not any(quant.is_scale(p) for p in lora._flat(base)):  # QLoRA base
-            base = quant.quantize_params(base, qkind)
-        base_shard, _ = lora.partition(setup.state_sharding["params"],
-                                       lambda p: not lora.is_adapter(p))
-        base = {k: v for k, v in base.items() if k in base_shard}
-        state["params"] = lora.combine(_place(base, base_shard), fresh)
+        state["params"] = lora.on_base(state["params"], policy_params,
+                                       setup.state_sharding["params"], setup.cfg.model)
         ref = None
     critic = None
     if kind == "gae":
