@@ -260,6 +260,7 @@ def interleave(sides: dict, repeats: int, warmup: int = 1) -> dict:
         for k, (ctx, run) in sides.items():
             time.sleep(0.2)  # let the other side's idle threads park
             times[k].append(run(ctx))
+            print(f"  ({k}: {times[k][-1]:.2f} s)", file=sys.stderr, flush=True)
     return times
 
 
