@@ -99,6 +99,6 @@ def sorted_fraction(completions: list[str]) -> np.ndarray:
     0 for completions with fewer than two digits."""
     out = []
     for c in completions:
-        d = [int(ch) for ch in c if ch.isdigit()]
+        d = [int(ch) for ch in c if ch in "0123456789"]  # not "³" (str.isdigit)
         out.append(np.mean([a <= b for a, b in zip(d, d[1:])]) if len(d) > 1 else 0.0)
     return np.array(out, np.float32)
