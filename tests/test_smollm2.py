@@ -7,6 +7,10 @@ Measured here (2-core AMD EPYC, transformers 5.24, torch 2.13): max |logit diff|
 3e-4 / 1e-4. The torch model and ours are loaded once per module; about 2 minutes in all here
 (loaded machine), most of it compiling our 30-layer forward and the greedy sampler."""
 
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,9 +39,18 @@ CHATS = [
      {"role": "user", "content": "Name three colours."}],
 ]
 LOGIT_TOL, LOGP_TOL = 3e-4, 1e-4
-# the e2e runs shard the 135M params over the 8 fake devices (a data-parallel mesh would hold 8
-# replicas of params + Adam state: ~14 GB, more than this machine spares)
-FSDP = ("mesh.data=1", "mesh.fsdp=-1")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_cli(module: str, args: list[str]) -> None:
+    """``python -m experiments.<module> --preset smollm2 ...`` as a user runs it: its own process
+    on one CPU device (on the suite's 8 fake devices the reference copy in the preference loss
+    state and the data-parallel replicas would be held 8 times: > 10 GB for 135M params)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--preset", "smollm2",
+                          *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -137,16 +150,12 @@ def test_arithmetic_chat_prompts_are_the_checkpoint_template(smollm2_dir):
 @pytest.mark.slow
 def test_grpo_arithmetic_smollm2_preset_two_steps(smollm2_dir, tmp_path):
     import json
-
-    from experiments import grpo_arithmetic as G
-    from experiments.base import main
     res = tmp_path / "res"
-    rc = main(G.PRESETS, G.run, argv=[
-        "--preset", "smollm2", "--workdir", str(tmp_path / "w"), "--set",
-        f"model.init_from={smollm2_dir}", *FSDP, "train.steps=2", "rl.eval_every=2",
-        "rl.prompts_per_step=4", "rl.group_size=2", "rl.max_new_tokens=4", "exp.eval_n=4",
-        "exp.train_pool=16", "train.ckpt_every=2", f"exp.results_dir={res}"])
-    assert rc == 0
+    _run_cli("grpo_arithmetic", [
+        "--workdir", str(tmp_path / "w"), "--set", f"model.init_from={smollm2_dir}",
+        "train.steps=2", "rl.eval_every=2", "rl.prompts_per_step=2", "rl.group_size=2",
+        "rl.max_new_tokens=4", "exp.eval_n=4", "exp.train_pool=16", "train.ckpt_every=2",
+        f"exp.results_dir={res}"])
     rows = [json.loads(x) for x in open(tmp_path / "w" / "grpo" / "metrics.jsonl")]
     assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 2]
     assert all(np.isfinite(r["loss"]) for r in rows if r["split"] == "train")
@@ -159,17 +168,12 @@ def test_grpo_arithmetic_smollm2_preset_two_steps(smollm2_dir, tmp_path):
 @pytest.mark.slow
 def test_tdpo_pairs_smollm2_preset_two_steps(smollm2_dir, tmp_path):
     import json
-
-    from experiments import tdpo_pairs as T
-    from experiments.base import main
     res = tmp_path / "res"
-    rc = main(T.PRESETS, T.run, argv=[
-        "--preset", "smollm2", "--workdir", str(tmp_path / "w"), "--set",
-        f"model.init_from={smollm2_dir}", *FSDP, "train.steps=2", "exp.eval_every=2",
-        "exp.n_prompts=16", "exp.samples_per_prompt=2", "exp.comp_len=3", "exp.eval_n=4",
-        "exp.n_eval_samples=2", "exp.sample_batch=32", "train.batch_size=8",
-        f"exp.results_dir={res}"])
-    assert rc == 0
+    _run_cli("tdpo_pairs", [
+        "--workdir", str(tmp_path / "w"), "--set", f"model.init_from={smollm2_dir}",
+        "train.steps=2", "exp.eval_every=2", "exp.n_prompts=16", "exp.samples_per_prompt=2",
+        "exp.comp_len=3", "exp.eval_n=4", "exp.n_eval_samples=2", "exp.sample_batch=32",
+        "train.batch_size=2", f"exp.results_dir={res}"])
     pairs = json.load(open(tmp_path / "w" / "pairs.json"))
     assert pairs["info"]["problems"] == 16 and len(pairs["triples"]) == pairs["info"]["pairs"]
     rows = [json.loads(x) for x in open(res / "metrics.jsonl")]
