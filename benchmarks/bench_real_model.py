@@ -17,11 +17,15 @@ Both sides load the same Hugging Face checkpoint (``data_cache/smollm2-135m-inst
   once, its KV cache shared by its 8 rows; what ``rl.rollout`` samples with); hf: transformers'
   ``generate(do_sample=True, num_return_sequences=8)`` on the same prompts (left-padded).
   Printed beside it: jax without prefix sharing (the prompts repeated 8 times) and the whole
-  ``rl.rollout`` (sampling + the behaviour and reference log-prob forwards, which the hf row
-  does not do).
+  ``rl.rollout`` (sampling + the reference log-probs through the shared prefill; the behaviour
+  log-probs are the sampler's; the hf row does neither).
 
 Repeats interleave the sides; warmup (and compile) is excluded; ratios are medians of per-repeat
-ratios. The last two lines are ``real-model train jax/torch tokens_per_s ratio: X.XX`` and
+ratios. Each section prints the load average: on a machine other jobs load, torch eager slows
+down far more than XLA (measured here at load 6-8 on 2 cores: torch steps 3x, generate 5x
+slower than the jax sides, against 1.04x and 1.78x on the idle machine in specs), so only a
+run at load < 1 gives the figure to record. The last two lines are
+``real-model train jax/torch tokens_per_s ratio: X.XX`` and
 ``real-model rollout jax/hf tokens_per_s ratio: X.XX``. ``BENCH_SMOKE=1``: a random model of
 SmolLM2's shape but 2 layers, saved with transformers in a temp dir with a small BPE tokenizer,
 tiny sizes (seconds; figures meaningless).
@@ -335,7 +339,7 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=16 if SMOKE else 128)
     ap.add_argument("--part", choices=("both", "train", "rollout"), default="both")
     ap.add_argument("--no-rollout-row", action="store_true",
-                    help="skip the full rl.rollout row (sampling + two log-prob forwards)")
+                    help="skip the full rl.rollout row (sampling + reference scoring)")
     args = ap.parse_args(argv)
 
     tmp = None
