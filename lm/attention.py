@@ -71,32 +71,69 @@ def segment_mask(seg_q_BxT: jax.Array, seg_k_BxS: jax.Array) -> jax.Array:
     return (seg_q_BxT[:, :, None] == seg_k_BxS[:, None, :])[:, None]
 
 
+def _window_mask(q_pos, k_pos, window):
+    """Key ``k`` visible to query ``q`` under a window: ``k > q - window`` (0 = all); ``window``
+    may be traced (a per-layer window read in the scan over blocks)."""
+    return (k_pos > q_pos - window) | (window == 0)
+
+
+def softcapped(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xTxS, scale, softcap):
+    """Attention with ``softcap * tanh(s / softcap)`` on the scaled scores before the mask
+    (Gemma 2), written out: fp32 scores and softmax; K may divide N (GQA)."""
+    N, K = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
+    k_BxSxNxH = jnp.repeat(k_BxSxKxH, N // K, axis=2)
+    v_BxSxNxH = jnp.repeat(v_BxSxKxH, N // K, axis=2)
+    s_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxNxH,
+                           preferred_element_type=jnp.float32) * scale
+    s_BxNxTxS = softcap * jnp.tanh(s_BxNxTxS / softcap)
+    s_BxNxTxS = jnp.where(mask_Bx1xTxS, s_BxNxTxS, jnp.finfo(jnp.float32).min)
+    p_BxNxTxS = jax.nn.softmax(s_BxNxTxS, axis=-1).astype(v_BxSxNxH.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", p_BxNxTxS, v_BxSxNxH)
+
+
 def self_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, *, attention: str = "auto",
-                   segment_ids_BxT=None, window: int = 0):
+                   segment_ids_BxT=None, window=0, scale: float | None = None,
+                   softcap: float = 0.0):
     """Causal self-attention over a full sequence (training, scoring), optionally
-    segment-masked and limited to the last ``window`` keys (0 = all). K may divide N (GQA)."""
+    segment-masked and limited to the last ``window`` keys (0 = all; a traced window becomes
+    an explicit mask). ``scale``: score scale (None = head_dim ** -0.5); ``softcap``: Gemma 2's
+    score capping (the written-out path). K may divide N (GQA)."""
     mask = None if segment_ids_BxT is None else segment_mask(segment_ids_BxT, segment_ids_BxT)
     T, H = q_BxTxNxH.shape[1], q_BxTxNxH.shape[-1]
+    if not isinstance(window, int) or softcap:
+        i_T = jnp.arange(T)
+        keep_TxS = (i_T[None, :] <= i_T[:, None]) & _window_mask(i_T[:, None], i_T[None, :],
+                                                                   window)
+        mask = keep_TxS[None, None] if mask is None else mask & keep_TxS[None, None]
+        window = 0
+    if softcap:
+        return softcapped(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, scale or H ** -0.5, softcap)
     impl = implementation(attention, q_BxTxNxH.dtype, H, T, T, mask is not None)
     kw = {"local_window_size": (window - 1, 0)} if window else {}
     if mask is not None:
         kw["mask"] = mask
     if impl is not None:
         kw["implementation"] = impl
+    if scale is not None:
+        kw["scale"] = scale
     return jax.nn.dot_product_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, **kw)
 
 
 def cached(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, pos_BxL, *, seg_q_BxL=None, seg_k_BxS=None,
-           window: int = 0):
+           window=0, scale: float | None = None, softcap: float = 0.0):
     """Queries at absolute cache positions ``pos_BxL`` against a KV cache (XLA path): key ``s``
     is visible when ``s <= pos`` (``> pos - window`` with a window; with segments, when its
     segment is the query's)."""
     S = k_BxSxKxH.shape[1]
     key_11S = jnp.arange(S)[None, None, :]
     mask_BxLxS = key_11S <= pos_BxL[:, :, None]
-    if window:
-        mask_BxLxS = mask_BxLxS & (key_11S > pos_BxL[:, :, None] - window)
+    if not isinstance(window, int) or window:
+        mask_BxLxS = mask_BxLxS & _window_mask(pos_BxL[:, :, None], key_11S, window)
     mask_Bx1xLxS = mask_BxLxS[:, None]
     if seg_q_BxL is not None:
         mask_Bx1xLxS = mask_Bx1xLxS & segment_mask(seg_q_BxL, seg_k_BxS)
-    return jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS)
+    if softcap:
+        return softcapped(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xLxS,
+                          scale or q_BxLxNxH.shape[-1] ** -0.5, softcap)
+    kw = {} if scale is None else {"scale": scale}
+    return jax.nn.dot_product_attention(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask_Bx1xLxS, **kw)

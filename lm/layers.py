@@ -107,10 +107,13 @@ def rope_inv_freq(h: int, base: float, scaling: str = "") -> Array:
     return inv_freq_h2
 
 
-def rotary(x_BxLxNxH: Array, pos_BxL: Array, base: float, scaling: str = "") -> Array:
-    """Rotary position embedding (half-split convention, as in GPT-NeoX / Llama)."""
+def rotary(x_BxLxNxH: Array, pos_BxL: Array, base: float, scaling: str = "",
+           inv_freq_h2: Array | None = None) -> Array:
+    """Rotary position embedding (half-split convention, as in GPT-NeoX / Llama);
+    ``inv_freq_h2`` given: that table instead of ``base``/``scaling`` (zeros: the identity)."""
     h = x_BxLxNxH.shape[-1]
-    inv_freq_h2 = rope_inv_freq(h, base, scaling)
+    if inv_freq_h2 is None:
+        inv_freq_h2 = rope_inv_freq(h, base, scaling)
     ang_BxLxH2 = pos_BxL[..., None].astype(jnp.float32) * inv_freq_h2[None, None, :]
     sin, cos = jnp.sin(ang_BxLxH2)[:, :, None, :], jnp.cos(ang_BxLxH2)[:, :, None, :]
     x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
@@ -153,9 +156,37 @@ class Attention(nnx.Module):
             self.kv_bias_2xKxH = param(rngs, zeros, (2, K, H), (None, "kv_heads", "kv"), pdt)
         if cfg.out_bias:
             self.out_bias_D = param(rngs, zeros, (D,), ("embed",), pdt)
-        if cfg.qk_norm:
-            self.q_norm = Norm(H, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
-            self.k_norm = Norm(H, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
+        if cfg.qk_norm:  # per head, or over the whole projection (qk_norm_full, OLMo 2)
+            nq, nk = (N * H, K * H) if cfg.qk_norm_full else (H, H)
+            self.q_norm = Norm(nq, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
+            self.k_norm = Norm(nk, "rms", cfg.norm_eps, pdt, rngs, offset=cfg.norm_offset)
+
+    def layer_data(self, layer):
+        """(sliding window, rotary table) of the block at index ``layer``: Python ints when the
+        layers are alike or ``layer`` is static, traced scalars read from the per-layer tables
+        when ``layer`` is traced (the ``lax.scan`` over blocks, ``lm.remat``)."""
+        cfg = self.cfg
+        if not cfg.per_layer:
+            return cfg.layer_windows[0], cfg.layer_ropes[0]
+        if layer is None:
+            raise ValueError("this model's layers differ (model.window_layers/nope_layers/"
+                             "local_rope_base): pass the block's layer index")
+        if isinstance(layer, int):
+            return cfg.layer_windows[layer], cfg.layer_ropes[layer]
+        return (jnp.asarray(cfg.layer_windows, jnp.int32)[layer],
+                jnp.asarray(cfg.layer_ropes, jnp.int32)[layer])
+
+    def _rotary(self, x_BxLxNxH: Array, pos_BxL: Array, table) -> Array:
+        cfg, h = self.cfg, self.cfg.head_dim_
+        local = cfg.local_rope_base or cfg.rope_base
+        if isinstance(table, int):  # 0: the model's rotary, 1: the local base, 2: none
+            if table == 2:
+                return x_BxLxNxH
+            return rotary(x_BxLxNxH, pos_BxL, *((cfg.rope_base, cfg.rope_scaling) if table == 0
+                                                else (local, "")))
+        tables_3xH2 = jnp.stack([rope_inv_freq(h, cfg.rope_base, cfg.rope_scaling),
+                                 rope_inv_freq(h, local), jnp.zeros((h // 2,), jnp.float32)])
+        return rotary(x_BxLxNxH, pos_BxL, 0.0, inv_freq_h2=tables_3xH2[table])
 
     def _project(self, x_BLxD: Array, B: int, L: int, lora_rng=None):
         """q [B, L, N, H], k and v [B, L, K, H] as 2-D matmuls: [D, N*H] keeps the
@@ -186,28 +217,37 @@ class Attention(nnx.Module):
         return out
 
     def __call__(self, x_BxLxD: Array, pos_BxL: Array, kv_cache=None, index=None,
-                 segment_ids_BxL: Array | None = None, lora_rng: Array | None = None):
+                 segment_ids_BxL: Array | None = None, lora_rng: Array | None = None,
+                 layer=None):
         """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxSxKxH, v_BxSxKxH) the new keys are
         written at ``index`` and queries attend to cache slots ``<= index + their offset`` (and
         ``> ... - sliding_window`` when a window is set). ``segment_ids_BxL`` (packing): keys of
         other segments are masked; with a cache, it needs the segment slot of
         ``GPT.init_cache(..., segments=True)`` = (k, v, seg_BxS). ``pos_BxL`` only feeds rotary
         (per-document positions when packed). Kernels: ``lm.attention``
-        (``model.attention``). ``lora_rng``: dropout key of the LoRA adapters (``lm.lora``)."""
+        (``model.attention``). ``lora_rng``: dropout key of the LoRA adapters (``lm.lora``).
+        ``layer``: this block's index (an int, or traced in the scan), for per-layer windows
+        and rotary tables (``ModelCfg.layer_windows`` / ``layer_ropes``)."""
         cfg, dt = self.cfg, self.cfg.dtype_
-        D, N, H, W = cfg.d_model, cfg.n_heads, cfg.head_dim_, cfg.sliding_window
+        D, N, H = cfg.d_model, cfg.n_heads, cfg.head_dim_
+        W, table = self.layer_data(layer)
         B, L = x_BxLxD.shape[:2]
         q_BxLxNxH, k_BxLxKxH, v_BxLxKxH = self._project(x_BxLxD.reshape(B * L, D), B, L,
                                                               lora_rng)
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.qk_norm_full:  # over the whole projection, then split (OLMo 2)
+            q_BxLxNxH = self.q_norm(q_BxLxNxH.reshape(B, L, -1)).reshape(q_BxLxNxH.shape)
+            k_BxLxKxH = self.k_norm(k_BxLxKxH.reshape(B, L, -1)).reshape(k_BxLxKxH.shape)
+        elif cfg.qk_norm:
             q_BxLxNxH, k_BxLxKxH = self.q_norm(q_BxLxNxH), self.k_norm(k_BxLxKxH)
         if cfg.pos == "rope":
-            q_BxLxNxH = rotary(q_BxLxNxH, pos_BxL, cfg.rope_base, cfg.rope_scaling)
-            k_BxLxKxH = rotary(k_BxLxKxH, pos_BxL, cfg.rope_base, cfg.rope_scaling)
+            q_BxLxNxH = self._rotary(q_BxLxNxH, pos_BxL, table)
+            k_BxLxKxH = self._rotary(k_BxLxKxH, pos_BxL, table)
+        score = {"scale": cfg.attn_scale or None, "softcap": cfg.attn_softcap}
         if kv_cache is None:
             o_BxLxNxH = attn_lib.self_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH,
                                                 attention=cfg.attention,
-                                                segment_ids_BxT=segment_ids_BxL, window=W)
+                                                segment_ids_BxT=segment_ids_BxL, window=W,
+                                                **score)
             new_kv = None
         else:
             k_BxSxKxH, v_BxSxKxH, *seg = kv_cache
@@ -223,7 +263,7 @@ class Attention(nnx.Module):
                     seg[0], segment_ids_BxL.astype(seg[0].dtype), index, axis=1)
                 seg_k = {"seg_q_BxL": segment_ids_BxL, "seg_k_BxS": seg_BxS}
             o_BxLxNxH = attn_lib.cached(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, slot_BxL, window=W,
-                                        **seg_k)
+                                        **seg_k, **score)
             new_kv = (k_BxSxKxH, v_BxSxKxH) + ((seg_k["seg_k_BxS"],) if seg else ())
         o_BxLxNxH = checkpoint_name(o_BxLxNxH, ATTN_OUT)  # kept by model.remat=attn_out
         w_NHxD = read(self, "out_NxHxD", dt).reshape(N * H, D)
@@ -279,25 +319,40 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+    """Transformer block. ``block_norm="pre"``: x + attn(norm1(x)); x + mlp(norm2(x)).
+    ``"sandwich"`` (Gemma 2/3): x + post_attn_norm(attn(norm1(x))); x +
+    post_mlp_norm(mlp(norm2(x))). ``"post"`` (OLMo 2): no pre-norms, x + post_attn_norm(attn(x));
+    x + post_mlp_norm(mlp(x)). The post-norms are created after the pre-norm params."""
 
     def __init__(self, cfg, rngs: nnx.Rngs):
         self.cfg = cfg
         kw = {"bias": cfg.norm_bias, "offset": cfg.norm_offset}
-        self.norm1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs, **kw)
+
+        def norm():
+            return Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs, **kw)
+        if cfg.block_norm != "post":
+            self.norm1 = norm()
         self.attn = Attention(cfg, rngs)
-        self.norm2 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.param_dtype_, rngs, **kw)
+        if cfg.block_norm != "post":
+            self.norm2 = norm()
         self.mlp = MLP(cfg, rngs)
+        if cfg.block_norm != "pre":
+            self.post_attn_norm, self.post_mlp_norm = norm(), norm()
 
     def __call__(self, x_BxLxD, pos_BxL, rng=None, kv_cache=None, index=None,
-                 segment_ids_BxL=None):
+                 segment_ids_BxL=None, layer=None):
         r1, r2 = jax.random.split(rng) if rng is not None else (None, None)
         lc = self.cfg.lora  # adapter dropout keys, independent of the residual dropout's
         lk = jax.random.fold_in(rng, 7) if rng is not None and lc.on and lc.dropout else None
-        a_BxLxD, new_kv = self.attn(self.norm1(x_BxLxD), pos_BxL, kv_cache, index,
-                                    segment_ids_BxL, lora_rng=lk)
+        pre, post = self.cfg.block_norm != "post", self.cfg.block_norm != "pre"
+        a_BxLxD, new_kv = self.attn(self.norm1(x_BxLxD) if pre else x_BxLxD, pos_BxL, kv_cache,
+                                    index, segment_ids_BxL, lora_rng=lk, layer=layer)
+        if post:
+            a_BxLxD = self.post_attn_norm(a_BxLxD)
         x_BxLxD = x_BxLxD + dropout(a_BxLxD, self.cfg.dropout, r1)
         mk = None if lk is None else jax.random.fold_in(lk, 1)
-        x_BxLxD = x_BxLxD + dropout(self.mlp(self.norm2(x_BxLxD), lora_rng=mk),
-                                    self.cfg.dropout, r2)
+        m_BxLxD = self.mlp(self.norm2(x_BxLxD) if pre else x_BxLxD, lora_rng=mk)
+        if post:
+            m_BxLxD = self.post_mlp_norm(m_BxLxD)
+        x_BxLxD = x_BxLxD + dropout(m_BxLxD, self.cfg.dropout, r2)
         return x_BxLxD, new_kv

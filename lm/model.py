@@ -1,9 +1,11 @@
 """Flax NNX GPT: pre-norm decoder with rotary or learned positions, GELU or SwiGLU MLPs.
 
 One config covers the Hugging Face families ``lm.hf`` loads (GPT-2, Llama 3, Mistral, Qwen2/3,
-Gemma): GQA/MQA (``n_kv_heads``), explicit ``head_dim``, biases, q/k norm, Gemma's embedding
-scale and ``1 + w`` norms, rope scaling and a sliding window are ``ModelCfg`` fields whose
-defaults give the original model (same params, names, random draws and numerics).
+Gemma 1/2/3): GQA/MQA (``n_kv_heads``), explicit ``head_dim``, biases, q/k norm, Gemma's embedding
+scale and ``1 + w`` norms, rope scaling, sliding windows (all or some layers), sandwich/post
+norms, score scale and softcaps, local rotary tables are ``ModelCfg`` fields whose defaults give
+the original model (same params, names, random draws and numerics). Per-layer differences are
+per-layer data (``ModelCfg.layer_windows`` / ``layer_ropes``, indexed by the block's layer).
 
 One forward path serves training, probing and decoding:
 
@@ -71,6 +73,15 @@ class ModelCfg:
     embed_scale: bool = False  # multiply embeddings by sqrt(d_model) in compute dtype (Gemma)
     sliding_window: int = 0  # 0 = full causal; W: a query sees its last W positions (Mistral)
     final_logit_softcap: float = 0.0  # 0 = off; else cap * tanh(logits / cap) (Gemma 2)
+    # per-layer differences (Qwen max_window_layers, Gemma 2/3, SmolLM3): per-layer *data* (a
+    # window int and a rotary-table index per layer), so the remat scan over blocks still works
+    window_layers: tuple[int, ...] = ()  # layers using sliding_window; () = every layer
+    local_rope_base: float = 0.0  # rotary base of the sliding layers (Gemma 3); 0 = rope_base
+    nope_layers: tuple[int, ...] = ()  # layers without rotary (SmolLM3 no_rope_layers)
+    block_norm: str = "pre"  # "pre" | "sandwich" (Gemma 2/3: + post-attn/-MLP norms) | "post"
+    attn_scale: float = 0.0  # attention score scale; 0 = head_dim ** -0.5 (Gemma 2/3 differ)
+    attn_softcap: float = 0.0  # 0 = off; else cap * tanh(scores / cap) before the mask (Gemma 2)
+    qk_norm_full: bool = False  # q/k RMSNorm over all heads' projection, not per head (OLMo 2)
     # speed and memory (lm/remat.py, lm/attention.py); the defaults are today's program
     remat: str = "none"  # "none" | "full" | "dots" | "dots_no_batch" | "attn_out" (per block)
     attention: str = "auto"  # "auto" (cuDNN on a GPU where it applies, else XLA) | "xla" | "cudnn"
@@ -81,6 +92,7 @@ class ModelCfg:
     CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
                "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES),
                "act": ("", "gelu_tanh", "gelu", "silu", "relu"), "remat": remat_lib.POLICIES,
+               "block_norm": ("pre", "sandwich", "post"),
                "attention": attn_lib.IMPLEMENTATIONS}
 
     def __post_init__(self):
@@ -103,6 +115,20 @@ class ModelCfg:
         if self.sliding_window < 0 or self.final_logit_softcap < 0:
             raise ConfigError("model.sliding_window and model.final_logit_softcap must be >= 0 "
                               "(0 = off)")
+        if self.attn_scale < 0 or self.attn_softcap < 0 or self.local_rope_base < 0:
+            raise ConfigError("model.attn_scale, model.attn_softcap and model.local_rope_base "
+                              "must be >= 0 (0 = off/default)")
+        for field in ("window_layers", "nope_layers"):
+            bad = [i for i in getattr(self, field) if not 0 <= i < self.n_layers]
+            if bad or len(set(getattr(self, field))) != len(getattr(self, field)):
+                raise ConfigError(f"model.{field}={getattr(self, field)} must be distinct layer "
+                                  f"indices in [0, {self.n_layers})")
+        if self.window_layers and not self.sliding_window:
+            raise ConfigError("model.window_layers needs model.sliding_window > 0")
+        if (self.local_rope_base or self.nope_layers) and self.pos != "rope":
+            raise ConfigError("model.local_rope_base and model.nope_layers need model.pos='rope'")
+        if self.qk_norm_full and not self.qk_norm:
+            raise ConfigError("model.qk_norm_full=true needs model.qk_norm=true")
         if self.rope_scaling and self.pos != "rope":
             raise ConfigError("model.rope_scaling needs model.pos='rope'")
         parse_rope_scaling(self.rope_scaling)
@@ -115,6 +141,25 @@ class ModelCfg:
     @property
     def head_dim_(self) -> int:
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def layer_windows(self) -> tuple[int, ...]:
+        """The sliding window of each layer (0 = full causal)."""
+        on = set(self.window_layers or range(self.n_layers))
+        return tuple(self.sliding_window if i in on else 0 for i in range(self.n_layers))
+
+    @property
+    def layer_ropes(self) -> tuple[int, ...]:
+        """The rotary table of each layer: 0 = (rope_base, rope_scaling), 1 = local_rope_base
+        (sliding layers, Gemma 3), 2 = none (``nope_layers``)."""
+        win = self.layer_windows
+        return tuple(2 if i in self.nope_layers else int(bool(self.local_rope_base and win[i]))
+                     for i in range(self.n_layers))
+
+    @property
+    def per_layer(self) -> bool:
+        """Whether layers differ (then each block reads its window/rotary table by index)."""
+        return len(set(self.layer_windows)) > 1 or len(set(self.layer_ropes)) > 1
 
     @property
     def act_(self) -> str:
@@ -187,7 +232,7 @@ class GPT(nnx.Module):
                 x_BxLxD = self.dlr.steer(x_BxLxD, pos_BxL, codes_BxM)
             kv = None if cache is None else cache[i - lo]
             x_BxLxD, new_kv = self.blocks[i](x_BxLxD, pos_BxL, rngs[i], kv, index,
-                                             segment_ids_BxL)
+                                             segment_ids_BxL, layer=i)
             x_BxLxD = constrain(x_BxLxD, ACT_BxLxD)
             hiddens.append(x_BxLxD)
             new_cache.append(new_kv)
@@ -205,7 +250,7 @@ class GPT(nnx.Module):
                 x_BxLxD = self.dlr.steer(x_BxLxD, pos_BxL, codes_BxM)
             hiddens += remat_lib.scan_blocks(self.blocks[a:b], self.cfg.remat, x_BxLxD, pos_BxL,
                                              rngs[a:b], segment_ids_BxL,
-                                             post=lambda y: constrain(y, ACT_BxLxD))
+                                             post=lambda y: constrain(y, ACT_BxLxD), first=a)
             x_BxLxD = hiddens[-1]
         return hiddens
 

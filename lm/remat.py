@@ -44,21 +44,24 @@ def policy(name: str):
 
 
 def scan_blocks(blocks, remat: str, x_BxLxD, pos_BxL, rngs, segment_ids_BxL=None,
-                post=lambda x: x) -> list:
+                post=lambda x: x, first: int = 0) -> list:
     """Run ``blocks`` (same structure) in order as one checkpointed ``lax.scan``; ``rngs`` one
     dropout key (or None) per block; ``post`` is applied to each block's output (a sharding
-    constraint). Returns the stream after each block, as the unrolled loop does."""
+    constraint). Each block gets its layer index (``first`` + its offset) as scanned data, so
+    per-layer windows and rotary tables are read by index, never branched on in Python.
+    Returns the stream after each block, as the unrolled loop does."""
     graphdef = nnx.graphdef(blocks[0])
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in blocks])
     keys = None if rngs[0] is None else jnp.stack(rngs)
+    layers = first + jnp.arange(len(blocks), dtype=jnp.int32)
 
     def body(x_BxLxD, xs):
-        state, key = xs
+        state, key, layer = xs
         y_BxLxD, _ = nnx.merge(graphdef, state)(x_BxLxD, pos_BxL, key, None, None,
-                                                segment_ids_BxL)
+                                                segment_ids_BxL, layer=layer)
         y_BxLxD = post(y_BxLxD)
         return y_BxLxD, y_BxLxD
 
     x_BxLxD, h_NxBxLxD = jax.lax.scan(jax.checkpoint(body, policy=policy(remat)), x_BxLxD,
-                                      (stacked, keys))
+                                      (stacked, keys, layers))
     return [h_NxBxLxD[i] for i in range(len(blocks) - 1)] + [x_BxLxD]

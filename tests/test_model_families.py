@@ -20,8 +20,19 @@ FAMILY = dataclasses.replace(TINY, n_kv_heads=2, head_dim=12, qkv_bias=True, out
                              mlp_bias=True, qk_norm=True, mlp="swiglu", act="gelu_tanh",
                              embed_scale=True, norm_offset=1.0, sliding_window=5,
                              rope_scaling="llama3:4,1,4,16", final_logit_softcap=30.0)
+# per-layer data (Gemma 3 / Qwen / SmolLM3 shapes): layer 0 slides with a local rotary base,
+# layer 2 has no rotary, layer 1 is full; sandwich norms, score scale and cap
+PER_LAYER = dataclasses.replace(TINY, n_layers=3, n_kv_heads=2, head_dim=12, qk_norm=True,
+                                mlp="swiglu", embed_scale=True, norm_offset=1.0,
+                                sliding_window=4, window_layers=(0, 2), local_rope_base=100.0,
+                                nope_layers=(2,), block_norm="sandwich", attn_scale=0.2,
+                                attn_softcap=3.0, final_logit_softcap=5.0,
+                                rope_scaling="linear:4")
 VARIANTS = {
     "family": FAMILY,
+    "per_layer": PER_LAYER,
+    "olmo2ish": dataclasses.replace(TINY, n_kv_heads=2, mlp="swiglu", block_norm="post",
+                                    qk_norm=True, qk_norm_full=True),
     "mqa": dataclasses.replace(TINY, n_kv_heads=1),
     "gpt2ish": dataclasses.replace(TINY, pos="learned", norm="layer", norm_bias=True,
                                    qkv_bias=True, out_bias=True, mlp_bias=True, act="gelu"),
@@ -54,6 +65,39 @@ def test_decode_matches_forward(name):
         lg, cache = decode(params, toks[:, t:t + 1], cache, t)
         steps.append(lg)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5)
+
+
+def test_per_layer_data_in_the_remat_scan_and_packing():
+    """Per-layer windows/rotary tables read by index in the lax.scan (model.remat) give the
+    unrolled loop's logits and gradients, on a packed row whose documents see only themselves
+    (each document alone gives the same logits)."""
+    cfg = PER_LAYER
+    gd, params = _perturbed(cfg)
+    gd_r = tiny_model(dataclasses.replace(cfg, remat="full"))[0]
+    doc_a = jax.random.randint(jax.random.key(4), (7,), 0, cfg.vocab_size)
+    doc_b = jax.random.randint(jax.random.key(5), (9,), 0, cfg.vocab_size)
+    toks = jnp.concatenate([doc_a, doc_b])[None]
+    seg = jnp.array([[1] * 7 + [2] * 9])
+    pos = jnp.array([list(range(7)) + list(range(9))])
+
+    def run(g, p):
+        return bind(g, p)(toks, segment_ids_BxL=seg, positions_BxL=pos)
+    packed = jax.jit(run, static_argnums=0)(gd, params)
+    np.testing.assert_allclose(jax.jit(run, static_argnums=0)(gd_r, params), packed, atol=1e-5)
+    fwd = jax.jit(lambda p, t: bind(gd, p)(t))
+    for doc, sl in ((doc_a, slice(0, 7)), (doc_b, slice(7, 16))):
+        alone = fwd(params, doc[None])
+        np.testing.assert_allclose(packed[:, sl], alone, atol=1e-5)
+
+    def loss(g, p):
+        return run(g, p).astype(jnp.float32).std()
+    grad = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
+    g0, g1 = grad(gd, params), grad(gd_r, params)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the per-layer data matters: without the windows the logits move
+    flat = tiny_model(dataclasses.replace(cfg, sliding_window=0, window_layers=()))[0]
+    assert np.abs(np.asarray(bind(flat, params)(toks)) - bind(gd, params)(toks)).max() > 1e-3
 
 
 def _np_attention(q, k, v, window):
@@ -139,6 +183,12 @@ def test_gqa_params_sharded_by_rules():
     ({"rope_scaling": "yarn:2"}, "rope_scaling"),
     ({"rope_scaling": "llama3:8,4,1,64"}, "low_freq_factor"),
     ({"sliding_window": -1}, "sliding_window"),
+    ({"window_layers": (0,)}, "needs model.sliding_window"),
+    ({"sliding_window": 4, "window_layers": (2,)}, "window_layers"),
+    ({"nope_layers": (0, 0)}, "nope_layers"),
+    ({"block_norm": "mid"}, "model.block_norm"),
+    ({"qk_norm_full": True}, "qk_norm_full"),
+    ({"attn_softcap": -1.0}, "attn_softcap"),
     ({"act": "tanh"}, "model.act"),
 ])
 def test_validation(kw, msg):
@@ -151,3 +201,31 @@ def test_head_dim_may_differ_from_d_over_n():
     _, params = tiny_model(cfg)
     assert params["block_0"]["attn"]["qkv_Dx3xNxH"].shape == (30, 3, 4, 8)
     assert ModelCfg().kv_heads == 4 and ModelCfg().head_dim_ == 32
+
+
+def test_per_layer_model_on_the_2x2x2_mesh_equals_one_device():
+    """The per-layer variant under model.remat=full (the scan) on the (2,2,2) mesh: the loss
+    and gradients of the unrolled model on one device."""
+    import types
+
+    from lm.losses import xent
+    from lm.train import mesh_context
+    from tests.helpers import random_batch
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(z_loss=0.0))
+    batch = random_batch(8, 12, PER_LAYER.vocab_size, seed=3, mask_frac=0.2)
+    out = []
+    for m, remat in ((sh.make_mesh(sh.MeshCfg(data=-1), jax.devices()[:1]), "none"),
+                     (mesh(), "full")):
+        model = dataclasses.replace(PER_LAYER, remat=remat)
+        gd, params, _ = sh.init_params(lambda c=model: GPT(c, rngs=nnx.Rngs(0)), m)
+        b = sh.shard_batch(batch, m)
+
+        def f(params, b, gd=gd, m=m):
+            with mesh_context(m):
+                return jax.value_and_grad(lambda q: xent(q, b, model=gd, rng=None,
+                                                         cfg=cfg)[0])(params)
+        out.append(jax.tree.map(np.asarray, jax.jit(f)(params, b)))
+    (loss1, g1), (loss8, g8) = out
+    assert abs(float(loss1) - float(loss8)) <= 1e-5
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
