@@ -43,6 +43,58 @@ FAMILIES = {
                   num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1,
                   head_dim=16, max_position_embeddings=MAXPOS,
                   hidden_act="gelu_pytorch_tanh"),
+    # per-layer sliding windows: layer 1 slides (window 4 < the 20-token rows and 32-token
+    # continuations), layer 0 is full
+    "qwen2_sliding": dict(model_type="qwen2", vocab_size=V, hidden_size=D, intermediate_size=64,
+                          num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                          num_key_value_heads=2, max_position_embeddings=MAXPOS,
+                          use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "qwen3_sliding": dict(model_type="qwen3", vocab_size=V, hidden_size=D, intermediate_size=64,
+                          num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                          num_key_value_heads=2, head_dim=16, max_position_embeddings=MAXPOS,
+                          tie_word_embeddings=False, use_sliding_window=True, sliding_window=4,
+                          max_window_layers=1),
+    # Gemma 2: sandwich norms, query_pre_attn_scalar != head_dim, small caps so both bite,
+    # layer 0 sliding (window 4) and layer 1 full (the default alternation)
+    "gemma2": dict(model_type="gemma2", vocab_size=V, hidden_size=D, intermediate_size=64,
+                   num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                   head_dim=16, max_position_embeddings=MAXPOS, query_pre_attn_scalar=24,
+                   sliding_window=4, attn_logit_softcapping=3.0, final_logit_softcapping=5.0),
+    # Gemma 3 text: q/k norms, local rotary base for the sliding layer, linear-scaled global
+    "gemma3_text": dict(model_type="gemma3_text", vocab_size=V, hidden_size=D,
+                        intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        num_key_value_heads=1, head_dim=16, max_position_embeddings=MAXPOS,
+                        query_pre_attn_scalar=24, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention"],
+                        rope_parameters={"sliding_attention": {"rope_type": "default",
+                                                               "rope_theta": 100.0},
+                                         "full_attention": {"rope_type": "linear",
+                                                            "rope_theta": 10000.0,
+                                                            "factor": 4.0}}),
+    # a gemma3 (multimodal) checkpoint: its text tower (model.language_model.*) is loaded, a
+    # tiny SigLIP vision tower is left out
+    "gemma3_tower": dict(model_type="gemma3", text_config=dict(
+        vocab_size=V, hidden_size=D, intermediate_size=64, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=MAXPOS, query_pre_attn_scalar=16, sliding_window=4,
+        sliding_window_pattern=2, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=16,
+                           intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14), mm_tokens_per_image=1),
+    # OLMo 2: post-norm blocks, q/k RMSNorm over the whole projection (GQA: 64 and 32 wide)
+    "olmo2": dict(model_type="olmo2", vocab_size=V, hidden_size=D, intermediate_size=64,
+                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                  max_position_embeddings=MAXPOS),
+    # SmolLM3: layer 1 has no rotary (NoPE) and slides (window 4), layer 0 is a full rotary one
+    "smollm3": dict(model_type="smollm3", vocab_size=V, hidden_size=D, intermediate_size=64,
+                    num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                    max_position_embeddings=MAXPOS, no_rope_layers=[1, 0],
+                    use_sliding_window=True, sliding_window=4),
+    # Phi-3: fused qkv_proj (GQA rows q, k, v) and gate_up_proj, one window for every layer
+    "phi3": dict(model_type="phi3", vocab_size=V, hidden_size=D, intermediate_size=64,
+                 num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                 max_position_embeddings=MAXPOS, original_max_position_embeddings=MAXPOS,
+                 sliding_window=6),
     "arcee": dict(model_type="arcee", vocab_size=V, hidden_size=D, intermediate_size=64,
                   num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
                   max_position_embeddings=MAXPOS, hidden_act="gelu_pytorch_tanh"),
@@ -95,6 +147,17 @@ def tensors(path: str) -> dict:
     from lm.hf.safetensors_io import SafetensorsDir
     files = SafetensorsDir(path)
     return {n: np.array(files.array(n)) for n in files.names}
+
+
+def text_tower(tensors: dict) -> dict:
+    """A gemma3 checkpoint's text-tower tensors under gemma3_text's names (``model.X``)."""
+    out = {}
+    for k, v in tensors.items():
+        for pre, to in (("language_model.model.", "model."), ("model.language_model.", "model."),
+                        ("language_model.lm_head.", "lm_head.")):
+            if k.startswith(pre):
+                out[to + k[len(pre):]] = v
+    return out
 
 
 def listing(path: str) -> list[str]:

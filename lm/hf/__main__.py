@@ -35,6 +35,7 @@ def cmd_inspect(args) -> int:
     print(f"  vocab {info['vocab']}  max_len {info['max_len']}  tied {info['tied']}  "
           f"tensors mapped {info['tensors_mapped']}/{info['tensors']} "
           f"({info['bytes'] / 2**20:.1f} MiB)")
+    print(f"  layers: {info['layer_pattern']}")
     return 0
 
 
@@ -58,6 +59,9 @@ def cmd_export(args) -> int:
                           "(model.lora.rank=0); export it without them")
     if args.adapter:
         peft._check_family(cfg.model)
+        if hf.checkpoint.layout_family(cfg.model.init_from) == "phi3":
+            raise ConfigError("PEFT adapters for a phi3 base (fused qkv_proj/gate_up_proj) are "
+                              "not supported; export with --merge")
     setup, params, step = restore_params(args.run_dir, cfg, args.step)
     model = setup.cfg.model
     if args.adapter:
@@ -67,8 +71,9 @@ def cmd_export(args) -> int:
         if args.merge:
             params = lora.merged(params, model)
             model = dataclasses.replace(model, lora=lora.LoRACfg())
-        hf.save(model, params, args.out_dir, tokenizer_dir=args.tokenizer_dir)
-        what = hf.checkpoint.families.choose_family(model)
+        prefer = hf.checkpoint.layout_family(model.init_from)  # a Phi-3 stays fused
+        hf.save(model, params, args.out_dir, tokenizer_dir=args.tokenizer_dir, family=prefer)
+        what = hf.checkpoint.families.choose_family(model, prefer)
     print(f"exported {args.run_dir} step {step} as {what} to {args.out_dir}")
     return 0
 

@@ -66,7 +66,8 @@ def param_layout(cfg: ModelCfg):
     the initialisers of a 16-layer model costs ~0.4 s, more than reading 1 GB)."""
     if cfg.dlr.on or cfg.n_layers == 1:
         return abstract(cfg)[1:]
-    _, shapes1, specs1 = abstract(dataclasses.replace(cfg, n_layers=1))
+    one = dataclasses.replace(cfg, n_layers=1, window_layers=(), nope_layers=())  # same params
+    _, shapes1, specs1 = abstract(one)
     shapes, specs = {}, {}
     for path in shapes1:
         for i in range(cfg.n_layers) if path[0] == "block_0" else [None]:
@@ -118,7 +119,8 @@ def _plan(path: str, dtype: str | None, max_len: int | None):
     cfg = families.to_model_cfg(hf, param_dtype=dtype, max_len=max_len)
     shapes, specs = param_layout(cfg)
     plan, used, problems = {}, set(), []
-    for ours, src in pmap.mapping(cfg, family).items():
+    tower = family == "gemma3"  # the text tower only, mapped as gemma3_text
+    for ours, src in pmap.mapping(cfg, "gemma3_text" if tower else family).items():
         if ours not in shapes:
             raise AssertionError(f"mapping names {ours}, which GPT({family}) lacks")
         names = [pmap.resolve(files, n) for n in src.names]
@@ -134,7 +136,9 @@ def _plan(path: str, dtype: str | None, max_len: int | None):
     if set(plan) != set(shapes):
         raise AssertionError(f"unmapped params: {sorted(set(shapes) - set(plan))}")
     extra = [n for n in files.names if n not in used and not n.endswith(pmap.IGNORED_SUFFIXES)
-             and not (n == "lm_head.weight" and cfg.tie_embeddings)]
+             and not (n in ("lm_head.weight", "language_model.lm_head.weight")
+                      and cfg.tie_embeddings)
+             and not (tower and n.startswith(pmap.VISION_PREFIXES))]
     if extra:
         problems.append(f"{len(extra)} tensors this {family} mapping does not use (an "
                         f"unsupported variant?): {extra[:4]}")
@@ -216,7 +220,8 @@ def _generation_config(tokenizer_dir: str | None, source: dict | None) -> dict:
 
 
 def save(cfg: ModelCfg, params, out_dir: str, tokenizer_dir: str | None = None,
-         max_shard_bytes: int = 2 << 30, token_ids: dict | None = None) -> str:
+         max_shard_bytes: int = 2 << 30, token_ids: dict | None = None,
+         family: str | None = None) -> str:
     """Write ``cfg``/``params`` as a Hugging Face directory that
     ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` opens with the same logits.
 
@@ -224,7 +229,9 @@ def save(cfg: ModelCfg, params, out_dir: str, tokenizer_dir: str | None = None,
     family represents is refused before anything is written). Safetensors are split into
     files of at most ``max_shard_bytes`` with an index past that size. ``tokenizer_dir``: its
     tokenizer files are copied (and its special-token ids go to generation_config.json);
-    ``token_ids``: explicit ``{"bos_token_id": .., "eos_token_id": ..}``. Atomic: written to a
+    ``token_ids``: explicit ``{"bos_token_id": .., "eos_token_id": ..}``. ``family``: the
+    ``model_type`` to write when the model has two layouts (``phi3`` for a Llama/Mistral-shaped
+    model; ``families.choose_family``). Atomic: written to a
     temporary directory next to ``out_dir`` and renamed; a non-empty ``out_dir`` is refused."""
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"{out_dir} exists and is not empty; choose a new directory")
@@ -232,7 +239,7 @@ def save(cfg: ModelCfg, params, out_dir: str, tokenizer_dir: str | None = None,
         raise ConfigError(f"{out_dir} exists and is not a directory")
     if tokenizer_dir is not None and not os.path.isdir(tokenizer_dir):
         raise ConfigError(f"tokenizer_dir={tokenizer_dir} is not a directory")
-    family = families.choose_family(cfg)
+    family = families.choose_family(cfg, family)
     ecfg = families.export_cfg(cfg, family)
     shapes, _ = param_layout(ecfg)
     flat = _flat(params)
@@ -253,6 +260,7 @@ def save(cfg: ModelCfg, params, out_dir: str, tokenizer_dir: str | None = None,
             raise ConfigError(f"param {'.'.join(path)} has shape {value.shape}, the config "
                               f"implies {shapes[path].shape}")
         tensors.update(pmap.to_hf(src, value.astype(NP_DTYPES[dtype])))
+    tensors = pmap.assemble(tensors)
     ids = _generation_config(tokenizer_dir, token_ids)
     hf = families.to_hf_config(ecfg, family, dtype, extra=ids)
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -288,6 +296,28 @@ def _copy_tokenizer(src: str, dst: str):
             shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
 
 
+def layout_family(init_from: str) -> str | None:
+    """``phi3`` when ``init_from`` is a Phi-3 checkpoint (export it in its fused layout
+    again), else None (the family follows from the config)."""
+    try:
+        return "phi3" if init_from and read_config(init_from).get("model_type") == "phi3" \
+            else None
+    except ConfigError:
+        return None
+
+
+def layer_pattern(cfg: ModelCfg) -> str:
+    """One word per layer: ``full`` or ``sliding:W``, ``+norope`` / ``+localrope:BASE``."""
+    words = []
+    for w, r in zip(cfg.layer_windows, cfg.layer_ropes):
+        word = f"sliding:{w}" if w else "full"
+        word += {0: "", 1: f"+localrope:{cfg.local_rope_base:g}", 2: "+norope"}[r]
+        words.append(word)
+    if len(set(words)) == 1:
+        return f"{len(words)} x {words[0]}"
+    return " ".join(words)
+
+
 def inspect(path: str) -> dict:
     """Family and sizes of a checkpoint, every tensor checked (nothing loaded)."""
     cfg, family, files, plan, shapes, _ = _plan(path, None, None)
@@ -296,7 +326,8 @@ def inspect(path: str) -> dict:
             "layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads,
             "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim_, "d_ff": cfg.d_ff,
             "vocab": cfg.vocab_size, "max_len": cfg.max_len, "dtype": cfg.param_dtype,
-            "tied": cfg.tie_embeddings, "tensors": len(files.names), "tensors_mapped": len(used),
+            "tied": cfg.tie_embeddings, "layer_pattern": layer_pattern(cfg),
+            "tensors": len(files.names), "tensors_mapped": len(used),
             "bytes": int(sum(files.nbytes(n) for n in files.names))}
 
 

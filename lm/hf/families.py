@@ -4,10 +4,16 @@
     hf_config = to_hf_config(cfg)                             # save (model_type chosen from cfg)
 
 Supported: gpt2, llama (3.x rope scaling), mistral (sliding window), qwen2 (q/k/v bias), qwen3
-(q/k norm), gemma (sqrt(d) embedding scale, 1 + w norms, GeGLU), arcee (Llama with a plain
-MLP: what a scratch-trained rotary/RMSNorm/GELU model of this codebase exports as). Anything
+(q/k norm; both with ``use_sliding_window`` + ``max_window_layers`` or ``layer_types``), gemma
+(sqrt(d) embedding scale, 1 + w norms, GeGLU), gemma2 (sandwich norms, ``query_pre_attn_scalar``,
+attention and final logit softcaps, alternating sliding layers), gemma3_text (gemma2 plus q/k
+norms, ``layer_types`` / ``sliding_window_pattern`` and local/global rotary tables; a
+``gemma3`` checkpoint's text tower), olmo2 (post-norm blocks, q/k norms over the whole
+projection), smollm3 (``no_rope_layers``), phi3 (fused qkv/gate_up tensors, ``lm.hf.params``), arcee
+(Llama with a plain MLP: what a scratch-trained rotary/RMSNorm/GELU model of this codebase
+exports as). Anything
 else, or a field whose value changes the math in a way the one GPT does not implement (MoE,
-alternating sliding windows, partial rotary, yarn/dynamic rope, quantisation, ...), is refused
+partial rotary, yarn/dynamic rope, quantisation, ...), is refused
 with one ``ConfigError`` naming the ``model_type`` or field.
 """
 
@@ -19,12 +25,18 @@ from lm.layers import parse_rope_scaling
 from lm.model import ModelCfg
 from lm.sharding import ConfigError
 
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "arcee")
-SUPPORTED = ("gpt2",) + LLAMA_LIKE
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "arcee", "gemma2", "gemma3_text",
+              "olmo2", "smollm3", "phi3")
+SUPPORTED = ("gpt2",) + LLAMA_LIKE + ("gemma3",)  # gemma3: its text tower (as gemma3_text)
 ARCH = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
         "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
-        "arcee": "ArceeForCausalLM"}
-TIED_DEFAULT = {"gpt2": True, "gemma": True}
+        "arcee": "ArceeForCausalLM", "gemma2": "Gemma2ForCausalLM",
+        "gemma3_text": "Gemma3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
+        "smollm3": "SmolLM3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+GEMMAS = ("gemma", "gemma2", "gemma3_text")  # sqrt(d) embedding scale, 1 + w norms
+SANDWICH = ("gemma2", "gemma3_text")  # pre- and post-norms around attention and MLP
+TIED_DEFAULT = {"gpt2": True, "gemma": True, "gemma2": True, "gemma3_text": True}
+SOFTCAPS = ("attn_logit_softcapping", "final_logit_softcapping")
 ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
         "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
 HF_ACT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
@@ -43,24 +55,53 @@ def _refuse(mt: str, field: str, value, why: str):
                       f"({why})")
 
 
+# Gemma3TextConfig's defaults (transformers 5.x): the text_config of a ``gemma3`` checkpoint
+# lists only the fields that differ from them
+GEMMA3_TEXT_DEFAULTS = dict(
+    model_type="gemma3_text", vocab_size=262_208, hidden_size=2304, intermediate_size=9216,
+    num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+    hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131_072, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, attention_bias=False, query_pre_attn_scalar=256,
+    sliding_window=4096)
+
+
+def text_config(hf: dict) -> dict:
+    """The language model's config: a ``gemma3`` (multimodal) checkpoint's ``text_config`` over
+    Gemma3TextConfig's defaults (its vision tower is not loaded), else ``hf`` itself."""
+    if hf.get("model_type") != "gemma3":
+        return hf
+    text = {**GEMMA3_TEXT_DEFAULTS, **(hf.get("text_config") or {})}
+    if text["model_type"] != "gemma3_text":
+        _refuse("gemma3", "text_config.model_type", text["model_type"], "expected gemma3_text")
+    return text
+
+
 def model_type(hf: dict) -> str:
     mt = hf.get("model_type")
+    if mt == "gemma3":
+        model_type(text_config(hf))  # the text tower's fields are checked
+        return mt
     if mt not in SUPPORTED:
         raise ConfigError(f"config.json: model_type={mt!r} is not supported; supported model "
-                          f"types: {list(SUPPORTED)} (MoE, multimodal, gemma2/3 are not)")
+                          f"types: {list(SUPPORTED)} (MoE and vision towers are not)")
     for field, ok in REFUSED.items():
+        if mt in SANDWICH and field in SOFTCAPS:
+            continue
         if field in hf and hf[field] not in ok:
             _refuse(mt, field, hf[field], "this field changes the model's math")
     return mt
 
 
-def _rope(hf: dict, mt: str) -> tuple[float, str]:
+def _rope(hf: dict, mt: str, rp: dict | None = None) -> tuple[float, str]:
     """(theta, ``ModelCfg.rope_scaling``) from ``rope_parameters`` (transformers 5) or
-    ``rope_theta`` + ``rope_scaling`` (transformers 4)."""
-    rp = dict(hf.get("rope_parameters") or {})
+    ``rope_theta`` + ``rope_scaling`` (transformers 4); ``rp``: one layer type's parameters."""
+    rp = dict(hf.get("rope_parameters") or {}) if rp is None else rp
     rs = hf.get("rope_scaling") or {}
     theta = float(rp.get("rope_theta", hf.get("rope_theta", 10000.0)))
     spec = {**rs, **rp}
+    if spec.get("partial_rotary_factor", 1.0) != 1.0:
+        _refuse(mt, "partial_rotary_factor", spec["partial_rotary_factor"],
+                "partial rotary is not implemented")
     kind = spec.get("rope_type", spec.get("type", "default"))
     if kind == "default":
         return theta, ""
@@ -73,10 +114,86 @@ def _rope(hf: dict, mt: str) -> tuple[float, str]:
     _refuse(mt, "rope_type", kind, "supported rope types: default, linear, llama3")
 
 
+def _gemma3_rope(hf: dict, mt: str) -> tuple[float, str, float]:
+    """(theta, rope_scaling, local_rope_base) of Gemma 3: transformers 5's
+    ``rope_parameters.full_attention`` / ``.sliding_attention`` or 4's ``rope_theta`` +
+    ``rope_scaling`` + ``rope_local_base_freq``. local_rope_base 0: sliding = full."""
+    rp = hf.get("rope_parameters") or {}
+    if "full_attention" in rp:
+        full, slide = dict(rp["full_attention"]), dict(rp.get("sliding_attention") or {})
+    else:
+        full = {"rope_theta": hf.get("rope_theta", 1e6), **(hf.get("rope_scaling") or {})}
+        slide = {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq", 1e4)}
+    theta, scaling = _rope({}, mt, full)
+    if slide == full:
+        return theta, scaling, 0.0
+    if slide.get("rope_type", slide.get("type", "default")) != "default":
+        _refuse(mt, "rope_parameters.sliding_attention.rope_type", slide.get("rope_type"),
+                "the sliding layers' rotary must be default (or equal the full layers')")
+    return theta, scaling, float(slide.get("rope_theta", 1e4))
+
+
+def _layer_types(hf: dict, mt: str, n: int) -> list[str]:
+    """Per layer "sliding_attention" or "full_attention": ``layer_types`` when the config has
+    it, else the family's rule (Qwen ``max_window_layers``, Gemma 2 alternating, Gemma 3
+    ``sliding_window_pattern``, Mistral every layer)."""
+    types = hf.get("layer_types")
+    if types is None:
+        if mt == "mistral":
+            types = ["sliding_attention"] * n
+        elif mt == "phi3":  # one window for every layer when set
+            types = ["sliding_attention" if hf.get("sliding_window") else "full_attention"] * n
+        elif mt == "smollm3" and hf.get("use_sliding_window") and hf.get("sliding_window"):
+            types = ["full_attention" if r else "sliding_attention" for r in _rope_layers(hf, n)]
+        elif mt in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+            m = int(hf.get("max_window_layers", 28))
+            types = ["sliding_attention" if i >= m else "full_attention" for i in range(n)]
+        elif mt == "gemma2":
+            types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
+        elif mt == "gemma3_text":
+            p = int(hf.get("sliding_window_pattern", 6))
+            types = ["sliding_attention" if (i + 1) % p else "full_attention" for i in range(n)]
+        else:
+            types = ["full_attention"] * n
+    types = list(types)
+    if len(types) != n or set(types) - {"full_attention", "sliding_attention"}:
+        _refuse(mt, "layer_types", types, f"expected {n} of full_attention/sliding_attention")
+    return types
+
+
+def _rope_layers(hf: dict, n: int) -> list[int]:
+    """SmolLM3's ``no_rope_layers``: per layer 1 = rotary, 0 = none (NoPE); default: every
+    ``no_rope_layer_interval``-th layer (4) has none."""
+    rl = hf.get("no_rope_layers")
+    if rl is None:
+        k = int(hf.get("no_rope_layer_interval", 4))
+        rl = [int((i + 1) % k != 0) for i in range(n)]
+    if len(rl) != n or set(rl) - {0, 1}:
+        _refuse("smollm3", "no_rope_layers", rl, f"expected {n} of 0/1")
+    return list(rl)
+
+
+def _windows(hf: dict, mt: str, n: int) -> tuple[int, tuple[int, ...]]:
+    """(``ModelCfg.sliding_window``, ``window_layers``) of a config."""
+    types = _layer_types(hf, mt, n)
+    window = int(hf.get("sliding_window") or 0)
+    if mt in ("qwen2", "qwen3", "smollm3") and not hf.get("use_sliding_window"):
+        window = 0  # transformers drops the window (layer_types then say full everywhere)
+    sliding = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    if not sliding or not window:
+        if sliding and mt != "mistral":
+            _refuse(mt, "sliding_window", hf.get("sliding_window"),
+                    "sliding layers need a window")
+        return 0, ()
+    return window, () if len(sliding) == n else sliding
+
+
 def to_model_cfg(hf: dict, *, param_dtype: str = "float32", dtype: str | None = None,
                  max_len: int | None = None) -> ModelCfg:
     """The ``ModelCfg`` of a Hugging Face config dict. ``max_len`` caps
     ``max_position_embeddings`` (the KV-cache bound and GPT-2's position table)."""
+    model_type(hf)
+    hf = text_config(hf)
     mt = model_type(hf)
     tied = bool(hf.get("tie_word_embeddings", TIED_DEFAULT.get(mt, False)))
     common = {"param_dtype": param_dtype, "dtype": dtype or param_dtype,
@@ -95,83 +212,137 @@ def to_model_cfg(hf: dict, *, param_dtype: str = "float32", dtype: str | None = 
                         norm_bias=True, qkv_bias=True, out_bias=True, mlp_bias=True,
                         act=ACTS[act], **common)
     act_key = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
-    act = hf.get(act_key, "gelu_pytorch_tanh" if mt == "gemma" else "silu")
+    act = hf.get(act_key, "gelu_pytorch_tanh" if mt in GEMMAS else "silu")
     if mt == "gemma" and act == "gelu":  # transformers' legacy-config conversion
         act = "gelu_pytorch_tanh"
     if act not in ACTS:
         _refuse(mt, act_key, act, f"supported activations: {sorted(ACTS)}")
-    window = 0
-    if mt == "mistral":
-        window = int(hf.get("sliding_window") or 0)
-    elif hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
-        _refuse(mt, "use_sliding_window", True, "per-layer sliding windows are not implemented")
-    if any(t != "full_attention" for t in (hf.get("layer_types") or ())) and mt != "mistral":
-        _refuse(mt, "layer_types", hf["layer_types"], "only full attention is implemented")
+    n_layers = int(hf["num_hidden_layers"])
+    window, window_layers = _windows(hf, mt, n_layers)
     attn_bias = bool(hf.get("attention_bias", False))
     if mt == "qwen2":
         qkv_bias, out_bias = True, False
     else:
         qkv_bias = out_bias = attn_bias
-    if mt in ("mistral", "qwen2") and attn_bias:
+    if mt in ("mistral", "qwen2", "phi3") and attn_bias:
         _refuse(mt, "attention_bias", True, "not part of this family")
-    theta, scaling = _rope(hf, mt)
+    local_base = 0.0
+    if mt == "gemma3_text":
+        theta, scaling, local_base = _gemma3_rope(hf, mt)
+    else:
+        theta, scaling = _rope(hf, mt)
     D, N = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    H = int(hf.get("head_dim") or D // N)
     n_pos = int(hf.get("max_position_embeddings", 2048))
+    extra = {}
+    if mt == "olmo2":
+        extra = dict(block_norm="post", qk_norm_full=True)
+    if mt == "smollm3":
+        extra = dict(nope_layers=tuple(i for i, r in enumerate(_rope_layers(hf, n_layers))
+                                       if not r))
+    if mt in SANDWICH:
+        qpas = float(hf.get("query_pre_attn_scalar") or 256)
+        extra = dict(block_norm="sandwich", attn_scale=qpas ** -0.5,
+                     attn_softcap=float(hf.get("attn_logit_softcapping") or 0.0),
+                     final_logit_softcap=float(hf.get("final_logit_softcapping") or 0.0),
+                     local_rope_base=local_base)
     return ModelCfg(vocab_size=int(hf["vocab_size"]), d_model=D,
-                    n_layers=int(hf["num_hidden_layers"]), n_heads=N,
+                    n_layers=n_layers, n_heads=N,
                     n_kv_heads=int(hf.get("num_key_value_heads") or N),
-                    head_dim=int(hf.get("head_dim") or D // N), d_ff=int(hf["intermediate_size"]),
+                    head_dim=H, d_ff=int(hf["intermediate_size"]),
                     max_len=min(n_pos, max_len or n_pos), pos="rope",
                     mlp="gelu" if mt == "arcee" else "swiglu", norm="rms",
                     norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_base=theta,
                     rope_scaling=scaling, qkv_bias=qkv_bias, out_bias=out_bias,
-                    mlp_bias=bool(hf.get("mlp_bias", False)), qk_norm=mt == "qwen3",
-                    act=ACTS[act], embed_scale=mt == "gemma",
-                    norm_offset=1.0 if mt == "gemma" else 0.0, sliding_window=window, **common)
+                    mlp_bias=bool(hf.get("mlp_bias", False)),
+                    qk_norm=mt in ("qwen3", "gemma3_text", "olmo2"), act=ACTS[act],
+                    embed_scale=mt in GEMMAS, norm_offset=1.0 if mt in GEMMAS else 0.0,
+                    sliding_window=window, window_layers=window_layers, **extra, **common)
 
 
-def choose_family(cfg: ModelCfg) -> str:
+def choose_family(cfg: ModelCfg, prefer: str | None = None) -> str:
     """The ``model_type`` that represents ``cfg`` exactly, or one ``ConfigError`` saying why
     none does. Missing biases are written as zeros (exact), so a bias-free LayerNorm model
-    exports as GPT-2 and a bias-free attention as any family."""
+    exports as GPT-2 and a bias-free attention as any family. ``prefer``: a family that stores
+    the same model in another layout (``phi3``: fused qkv/gate_up tensors of a Llama or
+    Mistral) is taken when given; any other family must be the one chosen."""
+    family = _choose(cfg)
+    if prefer is None or prefer == family:
+        return family
+    if prefer == "phi3" and family in ("llama", "mistral") and not (
+            cfg.qkv_bias or cfg.out_bias or cfg.mlp_bias):
+        return "phi3"
+    raise ConfigError(f"cannot export this model as {prefer!r}: it is a {family!r} model")
+
+
+def _choose(cfg: ModelCfg) -> str:
     def no(why):
         raise ConfigError(f"cannot export this model to a transformers family: {why}; "
                           f"exportable: {list(SUPPORTED)}")
     if cfg.dlr.on:
         no("model.dlr (latent routing) has no Hugging Face equivalent")
-    if cfg.final_logit_softcap:
-        no("model.final_logit_softcap is only in gemma2/3, which are not supported")
+    if (cfg.final_logit_softcap or cfg.attn_scale or cfg.attn_softcap or cfg.local_rope_base) \
+            and cfg.block_norm != "sandwich":
+        no("model.final_logit_softcap/attn_scale/attn_softcap/local_rope_base are gemma2/"
+           "gemma3_text features, which need block_norm='sandwich'")
     if cfg.pos == "learned":
         if cfg.norm != "layer" or cfg.mlp != "gelu" or cfg.act_ not in ("gelu", "gelu_tanh"):
             no("learned positions export as gpt2, which needs norm='layer' and a plain GELU MLP")
         if (cfg.kv_heads != cfg.n_heads or cfg.head_dim_ * cfg.n_heads != cfg.d_model
-                or cfg.qk_norm or cfg.embed_scale or cfg.norm_offset or cfg.sliding_window):
-            no("gpt2 has no GQA, explicit head_dim, q/k norm, embedding scale, norm offset or "
-               "sliding window")
+                or cfg.qk_norm or cfg.embed_scale or cfg.norm_offset or cfg.sliding_window
+                or cfg.block_norm != "pre"):
+            no("gpt2 has no GQA, explicit head_dim, q/k norm, embedding scale, norm offset, "
+               "sliding window or post-norms")
         return "gpt2"
     if cfg.norm != "rms":
         no("rotary models export as llama-style families, which use norm='rms'")
     if cfg.norm_bias:
         no("RMSNorm has no bias")
-    gemma = cfg.embed_scale or cfg.norm_offset
+    if cfg.qk_norm_full or cfg.block_norm == "post":
+        if not (cfg.qk_norm_full and cfg.block_norm == "post" and cfg.mlp == "swiglu"):
+            no("post-norm blocks and whole-projection q/k norms export as olmo2, which has "
+               "both and a gated MLP")
+        if (cfg.qkv_bias != cfg.out_bias or cfg.mlp_bias or cfg.embed_scale or cfg.norm_offset
+                or cfg.sliding_window or cfg.nope_layers):
+            no("olmo2 has no MLP bias, embedding scale, norm offset, sliding window or NoPE "
+               "layers; attention biases all or none")
+        return "olmo2"
+    if cfg.nope_layers:
+        if (cfg.qk_norm or cfg.embed_scale or cfg.norm_offset or cfg.block_norm != "pre"
+                or cfg.mlp != "swiglu" or cfg.qkv_bias != cfg.out_bias):
+            no("layers without rotary export as smollm3: a Llama-style block (gated MLP, no "
+               "q/k norm, attention biases all or none)")
+        if any(cfg.layer_windows[i] for i in range(cfg.n_layers) if i not in cfg.nope_layers):
+            no("smollm3 slides only its NoPE layers")
+        return "smollm3"
+    gemma = cfg.embed_scale or cfg.norm_offset or cfg.block_norm == "sandwich"
     if gemma:
         if not (cfg.embed_scale and cfg.norm_offset == 1.0 and cfg.mlp == "swiglu"):
-            no("gemma needs embed_scale, norm_offset=1 and a gated MLP together")
-        if cfg.qkv_bias or cfg.out_bias or cfg.mlp_bias or cfg.qk_norm or cfg.sliding_window:
-            no("gemma has no biases, q/k norm or sliding window")
+            no("gemma families need embed_scale, norm_offset=1 and a gated MLP together")
+        if cfg.qkv_bias or cfg.out_bias or cfg.mlp_bias:
+            no("gemma families have no biases")
         if cfg.act_ not in ("gelu_tanh", "gelu", "silu", "relu"):
             no(f"act={cfg.act_!r}")
+        if cfg.block_norm == "sandwich":
+            if cfg.qk_norm:
+                return "gemma3_text"
+            if cfg.local_rope_base:
+                no("gemma2 has one rotary table (local_rope_base needs qk_norm: gemma3_text)")
+            return "gemma2"
+        if cfg.qk_norm or cfg.sliding_window:
+            no("gemma has no q/k norm or sliding window (block_norm='sandwich' exports as "
+               "gemma2/gemma3_text)")
         return "gemma"
+    if cfg.window_layers and not cfg.qkv_bias and not cfg.qk_norm:
+        no("per-layer sliding windows export as qwen2 (q/k/v bias) or qwen3 (q/k norm)")
     if cfg.qk_norm:
-        if cfg.qkv_bias != cfg.out_bias or cfg.mlp_bias or cfg.mlp != "swiglu" or \
-                cfg.sliding_window:
-            no("q/k norm exports as qwen3: attention biases all or none, no MLP bias, a gated "
-               "MLP and no sliding window")
+        if cfg.qkv_bias != cfg.out_bias or cfg.mlp_bias or cfg.mlp != "swiglu":
+            no("q/k norm exports as qwen3: attention biases all or none, no MLP bias and a "
+               "gated MLP")
         return "qwen3"
     if cfg.qkv_bias and not cfg.out_bias:
-        if cfg.mlp_bias or cfg.mlp != "swiglu" or cfg.sliding_window:
-            no("q/k/v bias without out bias exports as qwen2: no MLP bias, a gated MLP, "
-               "no sliding window")
+        if cfg.mlp_bias or cfg.mlp != "swiglu":
+            no("q/k/v bias without out bias exports as qwen2: no MLP bias and a gated MLP")
         return "qwen2"
     if cfg.qkv_bias != cfg.out_bias:
         no("an out-projection bias without q/k/v biases")
@@ -205,7 +376,7 @@ def to_hf_config(cfg: ModelCfg, family: str, dtype: str, extra: dict | None = No
                    attn_pdrop=0.0, activation_function="gelu" if cfg.act_ == "gelu"
                    else "gelu_new")
         return {**out, **(extra or {})}
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    rope: dict = {"rope_type": "default", "rope_theta": cfg.rope_base}
     kind, vals = parse_rope_scaling(cfg.rope_scaling)
     if kind == "linear":
         rope.update(rope_type="linear", factor=vals[0])
@@ -218,12 +389,44 @@ def to_hf_config(cfg: ModelCfg, family: str, dtype: str, extra: dict | None = No
                max_position_embeddings=cfg.max_len, rms_norm_eps=cfg.norm_eps,
                hidden_act=HF_ACT[cfg.act_], rope_parameters=rope, rope_theta=cfg.rope_base,
                attention_dropout=0.0)
-    if family in ("llama", "arcee", "qwen3", "gemma"):
+    if family in ("llama", "arcee", "qwen3", "olmo2", "smollm3") + GEMMAS:
         out["attention_bias"] = cfg.qkv_bias
-    if family in ("llama", "arcee"):
+    if family in ("llama", "arcee", "smollm3"):
         out["mlp_bias"] = cfg.mlp_bias
-    if family == "mistral":
-        out["sliding_window"] = cfg.sliding_window
+    if family in ("mistral", "phi3"):
+        out["sliding_window"] = cfg.sliding_window or None
+    if family == "phi3":
+        out.update(original_max_position_embeddings=cfg.max_len, resid_pdrop=0.0,
+                   embd_pdrop=0.0)
+    types = ["sliding_attention" if w else "full_attention" for w in cfg.layer_windows]
+    if family == "smollm3":
+        out.update(no_rope_layers=[int(r != 2) for r in cfg.layer_ropes],
+                   use_sliding_window=bool(cfg.sliding_window),
+                   sliding_window=cfg.sliding_window or None, layer_types=types)
     if family in ("qwen2", "qwen3"):
-        out.update(use_sliding_window=False, max_window_layers=cfg.n_layers)
+        slides = [i for i, w in enumerate(cfg.layer_windows) if w]
+        out.update(use_sliding_window=bool(slides), sliding_window=cfg.sliding_window or None,
+                   max_window_layers=slides[0] if slides else cfg.n_layers, layer_types=types)
+    if family in SANDWICH:
+        out.pop("hidden_act")
+        out.update(hidden_activation=HF_ACT[cfg.act_], layer_types=types,
+                   sliding_window=cfg.sliding_window or 4096,  # unused when no layer slides
+                   query_pre_attn_scalar=_qpas(cfg),
+                   attn_logit_softcapping=cfg.attn_softcap or None,
+                   final_logit_softcapping=cfg.final_logit_softcap or None)
+    if family == "gemma3_text":
+        local = ({"rope_type": "default", "rope_theta": cfg.local_rope_base}
+                 if cfg.local_rope_base else dict(rope))
+        out.update(rope_parameters={"full_attention": rope, "sliding_attention": local},
+                   use_bidirectional_attention=False)
+        out.pop("rope_theta")
     return {**out, **(extra or {})}
+
+
+def _qpas(cfg: ModelCfg):
+    """Gemma's ``query_pre_attn_scalar`` for ``cfg.attn_scale`` (0: head_dim, the default
+    scale); an integer when it is one (256, 144, ...)."""
+    if not cfg.attn_scale:
+        return cfg.head_dim_
+    q = cfg.attn_scale ** -2
+    return int(round(q)) if abs(q - round(q)) < 1e-6 * q else q

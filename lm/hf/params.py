@@ -31,6 +31,10 @@ class Src:
     transpose: bool  # HF 2-D tensor stored [out, in]
     groups: tuple[tuple[int, ...], ...]  # per HF axis (after transpose): our axes (sans stack)
     crop: bool = False  # our axis 0 may be shorter than HF's (GPT-2 positions, max_len cap)
+    # fused HF tensors (Phi-3 qkv_proj, gate_up_proj): per name its row range [r0, r1) of the
+    # HF tensor (axis 0, the out dim) and the tensor's total rows; () = whole tensors
+    rows: tuple[tuple[int, int], ...] = ()
+    total_rows: int = 0
 
 
 def _w(name, t=True):
@@ -79,8 +83,14 @@ def mapping(cfg: ModelCfg, family: str) -> dict[tuple[str, ...], Src]:
             out[(b, "mlp", "down_FxD")] = _w(m + "c_proj.weight", False)
             out[(b, "mlp", "down_bias_D")] = _vec(m + "c_proj.bias")
             continue
-        out[(b, "norm1", "scale")] = _vec(p + "input_layernorm.weight")
-        out[(b, "norm2", "scale")] = _vec(p + "post_attention_layernorm.weight")
+        norms = {"pre": {"norm1": "input_layernorm", "norm2": "post_attention_layernorm"},
+                 "sandwich": {"norm1": "input_layernorm", "norm2": "pre_feedforward_layernorm",
+                              "post_attn_norm": "post_attention_layernorm",
+                              "post_mlp_norm": "post_feedforward_layernorm"},
+                 "post": {"post_attn_norm": "post_attention_layernorm",
+                          "post_mlp_norm": "post_feedforward_layernorm"}}[cfg.block_norm]
+        for n, h in norms.items():
+            out[(b, n, "scale")] = _vec(p + h + ".weight")
         a = p + "self_attn."
         qkv = [a + f"{c}_proj" for c in "qkv"]
         if fused:
@@ -104,6 +114,24 @@ def mapping(cfg: ModelCfg, family: str) -> dict[tuple[str, ...], Src]:
         if cfg.qk_norm:
             out[(b, "attn", "q_norm", "scale")] = _vec(a + "q_norm.weight")
             out[(b, "attn", "k_norm", "scale")] = _vec(a + "k_norm.weight")
+        if family == "phi3":  # fused tensors (no biases, no q/k norm): q, k, v rows of
+            # qkv_proj and gate, up rows of gate_up_proj replace the separate projections
+            NH, KH, F = cfg.n_heads * cfg.head_dim_, cfg.kv_heads * cfg.head_dim_, cfg.d_ff
+            qkv_t, tot = a + "qkv_proj.weight", NH + 2 * KH
+            spans = ((0, NH), (NH, NH + KH), (NH + KH, tot))
+            if fused:
+                out[(b, "attn", "qkv_Dx3xNxH")] = Src((qkv_t,) * 3, 1, True, ((0,), (1, 2)),
+                                                      rows=spans, total_rows=tot)
+            else:
+                out[(b, "attn", "q_DxNxH")] = Src((qkv_t,), None, True, ((0,), (1, 2)),
+                                                  rows=spans[:1], total_rows=tot)
+                out[(b, "attn", "kv_Dx2xKxH")] = Src((qkv_t,) * 2, 1, True, ((0,), (1, 2)),
+                                                     rows=spans[1:], total_rows=tot)
+            out[(b, "mlp", "up_DxCxF")] = Src((p + "mlp.gate_up_proj.weight",) * 2, 1, True,
+                                              ((0,), (1,)), rows=((0, F), (F, 2 * F)),
+                                              total_rows=2 * F)
+            out[(b, "mlp", "down_FxD")] = _w(p + "mlp.down_proj.weight")
+            continue
         m = p + "mlp."
         ups = ("gate_proj", "up_proj") if cfg.mlp == "swiglu" else ("up_proj",)
         out[(b, "mlp", "up_DxCxF")] = Src(tuple(m + u + ".weight" for u in ups), 1, True,
@@ -129,6 +157,9 @@ def hf_shape(src: Src, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def shape_ok(src: Src, shape, stored) -> bool:
     want = hf_shape(src, shape)
+    if src.rows:  # a row range of a fused tensor
+        r0, r1 = src.rows[0]
+        return (tuple(stored) == (src.total_rows,) + tuple(want[1:]) and r1 - r0 == want[0])
     if src.crop:
         return len(stored) == len(want) and stored[0] >= want[0] and stored[1:] == want[1:]
     return tuple(stored) == want
@@ -148,15 +179,21 @@ def read_slice(src: Src, array_of, shape, idx, dtype) -> np.ndarray:
     which does strided copies several times faster than numpy's transposing copy."""
     bounds = _bounds(idx, shape)
     if src.stack is None:
-        x = _transform(src, _hf_slice(src, array_of(src.names[0]), shape, bounds, None),
+        x = _transform(src, _hf_slice(src, _view(src, array_of, 0), shape, bounds, None),
                        tuple(shape), bounds, lead=0)
     else:
         s0, s1 = bounds[src.stack]
         sub, sub_bounds = _drop(tuple(shape), src.stack), _drop(bounds, src.stack)
-        buf = np.stack([_hf_slice(src, array_of(src.names[j]), sub, sub_bounds, None)
+        buf = np.stack([_hf_slice(src, _view(src, array_of, j), sub, sub_bounds, None)
                         for j in range(s0, s1)])
         x = np.moveaxis(_transform(src, buf, sub, sub_bounds, lead=1), 0, src.stack)
     return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _view(src: Src, array_of, j: int):
+    """HF tensor ``j`` of ``src`` (its row range of a fused tensor): a memory-mapped view."""
+    x = array_of(src.names[j])
+    return x[slice(*src.rows[j])] if src.rows else x
 
 
 def _hf_slice(src, view, sub_shape, bounds, _):
@@ -187,15 +224,33 @@ def to_hf(src: Src, value: np.ndarray) -> dict[str, np.ndarray]:
     parts = [value] if src.stack is None else [np.take(value, j, axis=src.stack)
                                                for j in range(value.shape[src.stack])]
     out = {}
-    for name, part in zip(src.names, parts):
+    for j, (name, part) in enumerate(zip(src.names, parts)):
         post = tuple(math.prod(part.shape[a] for a in g) for g in src.groups)
         x = part.reshape(post)
-        out[name] = np.ascontiguousarray(x.T if src.transpose else x)
+        x = np.ascontiguousarray(x.T if src.transpose else x)
+        out[(name, src.rows[j][0]) if src.rows else name] = x
+    return out
+
+
+def assemble(pieces: dict) -> dict[str, np.ndarray]:
+    """``to_hf`` outputs merged: fused tensors' row pieces ``(name, r0)`` concatenated in row
+    order (Phi-3's qkv_proj from q and kv params)."""
+    out, fused = {}, {}
+    for k, x in pieces.items():
+        if isinstance(k, tuple):
+            fused.setdefault(k[0], []).append((k[1], x))
+        else:
+            out[k] = x
+    for name, parts in fused.items():
+        out[name] = np.concatenate([x for _, x in sorted(parts, key=lambda t: t[0])], axis=0)
     return out
 
 
 # tensors a checkpoint may hold that carry no weights of ours (buffers of older versions)
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+# a gemma3 (multimodal) checkpoint's tensors outside its text tower
+VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.",
+                   "multi_modal_projector.")
 
 
 def resolve(names_present, wanted: str) -> str | None:
@@ -203,6 +258,13 @@ def resolve(names_present, wanted: str) -> str | None:
     GPT-2 checkpoints store ``h.0.attn...``); None if absent."""
     if wanted in names_present:
         return wanted
+    # the text tower of a gemma3 checkpoint: transformers 5 writes model.language_model.X and
+    # lm_head, 4.x wrote language_model.model.X and language_model.lm_head
+    tower = ([f"model.language_model.{wanted[6:]}", f"language_model.{wanted}"]
+             if wanted.startswith("model.") else [f"language_model.{wanted}"])
+    for name in tower:
+        if name in names_present:
+            return name
     for pre in ("transformer.", "model."):
         if wanted.startswith(pre) and wanted[len(pre):] in names_present:
             return wanted[len(pre):]
