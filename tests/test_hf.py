@@ -227,6 +227,28 @@ BAD = {
 }
 
 
+REFUSED_VARIANTS = {  # still unsupported: one error naming the field
+    "phi3": ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4,
+                                  "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}},
+             "rope_type='longrope'"),
+    "llama": ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                   "partial_rotary_factor": 0.5}}, "partial_rotary_factor"),
+    "gemma3_text": ({"rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1e4},
+        "sliding_attention": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}},
+        "sliding_attention.rope_type"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_VARIANTS))
+def test_unsupported_variant_one_clear_error(dirs, name, tmp_path):
+    edit, msg = REFUSED_VARIANTS[name]
+    d = _copy(dirs[name], tmp_path / "ckpt")
+    _edit_config(d, **edit)
+    with pytest.raises(ConfigError, match=msg):
+        hf.load(d)
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_checkpoint_one_clear_error(dirs, case, tmp_path, capsys):
     edit, msg = BAD[case]
@@ -264,7 +286,8 @@ def test_inspect_cli(dirs, capsys):
     assert info["tensors_mapped"] == info["tensors"] and info["kv_heads"] == 1
     assert info["layer_pattern"] == "2 x full"
     assert hf_main(["inspect", dirs["gemma3_text"]]) == 0
-    assert "layers: sliding:4+localrope:100 full" in capsys.readouterr().out
+    assert "layers: sliding:4+localrope:100, full" in capsys.readouterr().out
+    assert hf.inspect(dirs["smollm3"])["layer_pattern"] == "full, sliding:4+norope"
 
 
 def test_sample_cli_and_tokenizer_export(dirs, tmp_path, capsys):

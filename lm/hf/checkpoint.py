@@ -307,15 +307,18 @@ def layout_family(init_from: str) -> str | None:
 
 
 def layer_pattern(cfg: ModelCfg) -> str:
-    """One word per layer: ``full`` or ``sliding:W``, ``+norope`` / ``+localrope:BASE``."""
-    words = []
+    """The layers in order, runs of alike ones counted: ``full`` or ``sliding:W``, with
+    ``+norope`` / ``+localrope:BASE`` (Gemma 3 1B: "5 x sliding:512+localrope:10000, full,
+    ...")."""
+    runs: list[list] = []
     for w, r in zip(cfg.layer_windows, cfg.layer_ropes):
-        word = f"sliding:{w}" if w else "full"
-        word += {0: "", 1: f"+localrope:{cfg.local_rope_base:g}", 2: "+norope"}[r]
-        words.append(word)
-    if len(set(words)) == 1:
-        return f"{len(words)} x {words[0]}"
-    return " ".join(words)
+        word = (f"sliding:{w}" if w else "full") + {
+            0: "", 1: f"+localrope:{cfg.local_rope_base:g}", 2: "+norope"}[r]
+        if runs and runs[-1][1] == word:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, word])
+    return ", ".join(word if n == 1 else f"{n} x {word}" for n, word in runs)
 
 
 def inspect(path: str) -> dict:
