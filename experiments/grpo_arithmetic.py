@@ -3,7 +3,7 @@
     python -m experiments.grpo_arithmetic --preset tiny     # CPU (2 cores), about 8-10 minutes
     python -m experiments.grpo_arithmetic --preset tiny --set exp.methods=grpo,dapo rl.group_size=4
     make smollm2 && python -m experiments.grpo_arithmetic --preset smollm2 --workdir runs/g_s0 \
-        --set exp.methods=grpo train.seed=0 exp.results_dir=runs/g_s0/record   # ~45 min/method
+        --set exp.methods=grpo train.seed=0 exp.results_dir=runs/g_s0/record   # ~1 h/method
 
 ``--preset smollm2``: SmolLM2-135M-Instruct (``make smollm2``) from the base model, no SFT
 (``exp.sft_steps=0``), full fine-tuning (all 135M params, AdamW lr 1e-5; LoRA is not used here
@@ -13,8 +13,10 @@ a helpful assistant." and the question "What is a + b? Answer with the number on
 sampling stops at ``<|im_end|>``; 16 new tokens fit "a + b = c" for 3-digit operands.
 4 prompts x 8 samples per step, 30 steps, greedy held-out accuracy (128 problems in-distribution
 1-2 digits, 128 with 3-digit operands) at steps 0/15/30 by the same evaluator as the base model.
-Measured on a 2-core AMD EPYC shared with other jobs (load ~6): a step is about 65 s (rollout
-~35 s, full-parameter AdamW step ~30 s), compile ~3 min, so one method is about 45 minutes.
+Measured on a 2-core AMD EPYC shared with other jobs (load average 5-9): about 100 s per step
+(rollout of 32 samples + one full-parameter AdamW step on 32 x 56 tokens), ~5 min of loading and
+compiling, ~1.5 min per greedy evaluation of 2 x 128 problems: about 1 hour per method there
+(results/grpo_arithmetic/smollm2/). The 2-step CLI check in tests/test_smollm2.py takes ~105 s.
 
 Problems ``"a+b="`` / ``"a-b="`` are generated with a seed: 1-2 digit operands for training and
 the in-distribution held-out set (disjoint problems), 3-digit operands for the longer-operand

