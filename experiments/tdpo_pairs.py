@@ -17,9 +17,12 @@ same reference); logged: sequence KL to the reference and T=1 sample accuracy (`
 held-out pair prompts, preference accuracy on held-out pairs, and greedy accuracy on 128
 held-out 1-2 digit problems (``acc_heldout``) and 128 with 3-digit operands (``acc_long``), the
 same evaluator (``rl.arithmetic.greedy_accuracy``) as grpo_arithmetic, for the reference too.
-Measured on a 2-core AMD EPYC shared with other jobs (load 5-9): a 2-step smoke run with 16
-problems took 13 min wall (mostly compiling the 30-layer model); the full preset is sized to
-about 45 min per method (pair sampling ~10 min once, cached in ``pairs.json``).
+Measured on a 2-core AMD EPYC shared with other jobs (load 5-9): a 2-step run with 16 problems
+took 13 min wall (3 min of CPU: mostly compiling the 30-layer model, waiting for the cores); the
+2-step CLI check in tests/test_smollm2.py ~4 min. The full preset's time was not measured yet
+(its run is queued behind the grpo_arithmetic ones, results/tdpo_pairs/smollm2/); by the step
+costs measured for grpo_arithmetic there, expect roughly 1 hour for both methods. The pairs are
+sampled once and cached in ``pairs.json``.
 
 Rerunning a killed run with the same ``--workdir`` resumes it: the SFT reference is cached in
 ``reference.npz`` and each method checkpoints (state + its records) every ``train.ckpt_every``.
