@@ -57,11 +57,18 @@ class RLCfg:
     lam: float = 1.0
     critic_lr: float = 1e-3
     eval_every: int = 10
+    # behaviour/reference log-probs of rollouts (rl.rollout): "forward" recomputes both with one
+    # stacked training forward (first ratio exactly 1), "cached" takes the sampler's and scores
+    # the reference through the shared prompt cache; "auto": forward, cached under model.lora
+    scoring: str = "auto"
 
     def __post_init__(self):
         if self.advantage not in ADVANTAGE_CHOICES:
             raise ConfigError(f"rl.advantage={self.advantage!r} is not one of "
                               f"{ADVANTAGE_CHOICES}")
+        if self.scoring not in ("auto", "forward", "cached"):
+            raise ConfigError(f"rl.scoring={self.scoring!r} is not one of "
+                              "('auto', 'forward', 'cached')")
         if self.group_size < 1 or self.prompts_per_step < 1 or self.mu < 1:
             raise ConfigError("rl.group_size, rl.prompts_per_step and rl.mu must be >= 1")
 
@@ -138,12 +145,14 @@ def train_rl(cfg, workdir: str, *, task: RLTask, policy_params, ref_params, log=
     scfg = SampleCfg(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature,
                      top_p=rc.top_p, eos_id=task.eos_id, pad_id=task.pad_id)
     G, key = rc.group_size, jax.random.key(tr.seed + 17)
+    scoring = rc.scoring if rc.scoring != "auto" else ("forward" if ref is not None
+                                                       else "cached")
 
     def draw(step, i):
         prompt, plen, answers, ids = task.prompts(step * 1000 + i)
         ro = rollout(setup.graphdef, state["params"],
                      lora.disabled(state["params"]) if ref is None else ref, prompt, plen,
-                     group_size=G,
+                     group_size=G, scoring=scoring,
                      sample_cfg=scfg, rng=jax.random.fold_in(key, step * 1000 + i))
         texts = completions_text(ro, task.decode)
         ans_B = [a for a in answers for _ in range(G)]

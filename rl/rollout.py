@@ -9,14 +9,16 @@ completions come from ``lm.sample.generate(..., group_size=G)`` (jitted, batched
 prefilled once and its KV cache shared by its G rows, then cached decode steps; temperature /
 top-k / top-p, stop at EOS). ``lm.sample.splice`` packs prompt + completion into
 right-padded rows with the completion mask (EOS included and scored; pads after it masked).
-Behaviour and reference log-probs (``scoring``): by default ("cached") the behaviour log-probs
+Behaviour and reference log-probs (``scoring``): with ``"cached"`` the behaviour log-probs
 are the sampler's own (the policy's temperature-1 log-probs of each drawn token, computed while
 sampling) and the reference's come from ``lm.sample.completion_logprobs``, which prefills each
 prompt once and scores the G completions through the shared cache: for SmolLM2-135M, 16 chat
 prompts x 8 x 32 tokens, the two full forwards over [128, P+T] took longer than sampling itself.
-Both agree with the training forward to fp32 round-off (tested). ``scoring="forward"`` keeps
-the earlier path: ONE batched training-kind forward over the spliced rows with the two parameter
-trees stacked and ``vmap``-ped (verl's recompute), so the first step's ratio is exactly 1.
+Both agree with the training forward to fp32 round-off (tested). ``scoring="forward"`` (the
+default, as before) runs ONE batched training-kind forward over the spliced rows with the two
+parameter trees stacked and ``vmap``-ped (verl's recompute), so the first step's ratio is
+exactly 1. ``rl.loop`` picks with ``rl.scoring`` ("auto": forward, or cached under LoRA, where
+stacking policy and reference would copy the shared base).
 
 ``dynamic_sample`` is DAPO's dynamic sampling: keep drawing prompt batches, drop every group whose
 rewards are all equal (no signal for group-relative advantages), until ``want`` groups are
@@ -53,7 +55,7 @@ SCORING = ("cached", "forward")
 
 @functools.partial(jax.jit, static_argnames=("model", "group_size", "sample_cfg", "scoring"))
 def _rollout(model, params, ref_params, prompt_NxP, prompt_len_N, group_size, sample_cfg, rng,
-             scoring="cached"):
+             scoring="forward"):
     out = generate(model, params, prompt_NxP, prompt_len_N, sample_cfg, rng, jit=False,
                    group_size=group_size)  # each prompt prefilled once, its cache shared by G rows
     prompt_BxP = jnp.repeat(prompt_NxP, group_size, axis=0)
@@ -79,20 +81,21 @@ def _rollout(model, params, ref_params, prompt_NxP, prompt_len_N, group_size, sa
 
 
 def rollout(model, params, ref_params, prompt_NxP, prompt_len_N, *, group_size: int,
-            sample_cfg: SampleCfg, rng, scoring: str = "cached") -> dict:
+            sample_cfg: SampleCfg, rng, scoring: str = "forward") -> dict:
     """G sampled completions per prompt with masks and behaviour/reference log-probs (jitted).
 
     Returns [B = N*G] arrays: ``tokens``/``mask``/``old_logp``/``ref_logp`` [B, P+T] (the
     policy-loss batch, minus ``adv``), ``completion_BxT``, ``sampler_logp_BxT``, ``lengths``
     and ``finished`` (ended with EOS, not truncated).
 
-    ``scoring``: ``"cached"`` (default) takes ``old_logp`` from the sampler (the policy's
+    ``scoring``: ``"cached"`` takes ``old_logp`` from the sampler (the policy's
     temperature-1 log-probs it computed anyway) and ``ref_logp`` from
     ``lm.sample.completion_logprobs`` (each prompt prefilled once): one forward of
     ``N*P + B*(T-1)`` positions instead of two of ``B*(P+T)``; both equal the training forward's
     log-probs up to fp32 round-off (tested), so the first step's ratio is 1 to ~1e-6.
-    ``"forward"``: both from one full forward of the training kind over the spliced rows (ratio
-    exactly 1 at the first step; about 3x the scoring cost for SmolLM2-135M's chat prompts)."""
+    ``"forward"`` (default): both from one full forward of the training kind over the spliced
+    rows (ratio exactly 1 at the first step; about 3x the scoring cost for SmolLM2-135M's chat
+    prompts)."""
     if group_size < 1:
         raise ValueError(f"group_size={group_size} must be >= 1")
     if scoring not in SCORING:
