@@ -4,12 +4,9 @@ batch of real text, the chat template, and a greedy chat continuation of 32 toke
 
 Measured here (2-core AMD EPYC, transformers 5.24, torch 2.13): max |logit diff| 1.4e-4 at
 |logits| up to 36.4, max |log-prob diff| 3.4e-5, top-1 agreement 1.0; the bounds below are
-3e-4 / 1e-4. The torch model and ours are loaded once per module; about 2 minutes in all here
-(loaded machine), most of it compiling our 30-layer forward and the greedy sampler."""
-
-import os
-import subprocess
-import sys
+3e-4 / 1e-4. The torch model and ours are loaded once per module; 45 s-2 min in all here
+(loaded machine), most of it compiling our 30-layer forward and the greedy sampler. The presets'
+end-to-end runs are in tests/test_smollm2_presets.py."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -39,20 +36,6 @@ CHATS = [
      {"role": "user", "content": "Name three colours."}],
 ]
 LOGIT_TOL, LOGP_TOL = 3e-4, 1e-4
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run_cli(module: str, args: list[str]) -> None:
-    """``python -m experiments.<module> --preset smollm2 ...`` as a user runs it: its own process
-    on one CPU device (on the suite's 8 fake devices the reference copy in the preference loss
-    state and the data-parallel replicas would be held 8 times: > 10 GB for 135M params)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--preset", "smollm2",
-                          *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def models(smollm2_dir):
     torch.set_num_threads(2)
@@ -145,42 +128,6 @@ def test_arithmetic_chat_prompts_are_the_checkpoint_template(smollm2_dir):
     assert x.shape == (2, 40) and lens.max() <= 40 and np.all(x[0, lens[0]:] == tok.pad_id)
     assert list(fmt.score(["12 + 7 = 19.", "19 is wrong, 20", "The answer is 0"], [19, 19, 0])
                 ) == [1.0, 0.0, 1.0]  # the last integer of the assistant's text
-
-
-@pytest.mark.slow
-def test_grpo_arithmetic_smollm2_preset_two_steps(smollm2_dir, tmp_path):
-    import json
-    res = tmp_path / "res"
-    _run_cli("grpo_arithmetic", [
-        "--workdir", str(tmp_path / "w"), "--set", f"model.init_from={smollm2_dir}",
-        "train.steps=2", "rl.eval_every=2", "rl.prompts_per_step=2", "rl.group_size=2",
-        "rl.max_new_tokens=4", "exp.eval_n=4", "exp.train_pool=16", "train.ckpt_every=2",
-        f"exp.results_dir={res}"])
-    rows = [json.loads(x) for x in open(tmp_path / "w" / "grpo" / "metrics.jsonl")]
-    assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 2]
-    assert all(np.isfinite(r["loss"]) for r in rows if r["split"] == "train")
-    assert all(0 < r["response_length"] <= 4 for r in rows if r["split"] == "train")
-    cfg = json.load(open(tmp_path / "w" / "config.json"))
-    assert cfg["exp"]["sft_steps"] == 0 and cfg["exp"]["prompt"] == "chat"
-    assert cfg["model"]["n_layers"] == 30 and (res / "README.md").exists()
-
-
-@pytest.mark.slow
-def test_tdpo_pairs_smollm2_preset_two_steps(smollm2_dir, tmp_path):
-    import json
-    res = tmp_path / "res"
-    _run_cli("tdpo_pairs", [
-        "--workdir", str(tmp_path / "w"), "--set", f"model.init_from={smollm2_dir}",
-        "train.steps=2", "exp.eval_every=2", "exp.n_prompts=16", "exp.samples_per_prompt=2",
-        "exp.comp_len=3", "exp.eval_n=4", "exp.n_eval_samples=2", "exp.sample_batch=32",
-        "train.batch_size=2", f"exp.results_dir={res}"])
-    pairs = json.load(open(tmp_path / "w" / "pairs.json"))
-    assert pairs["info"]["problems"] == 16 and len(pairs["triples"]) == pairs["info"]["pairs"]
-    rows = [json.loads(x) for x in open(res / "metrics.jsonl")]
-    assert {r["method"] for r in rows} == {"reference", "dpo", "tdpo2"}
-    ev = [r for r in rows if r["method"] == "tdpo2" and r.get("split") == "eval"]
-    assert {"seq_kl", "acc_heldout", "acc_long", "reward"} <= set(ev[-1])
-    assert ev[-1]["seq_kl"] >= 0
 
 
 def test_builder_is_cached_and_refuses_a_wrong_hash_or_missing_converters(tmp_path, monkeypatch,
