@@ -93,9 +93,8 @@ def train(cfg: Config, workdir: str, *, loss_fn=None, argv=None, loss_state=None
     import jax
 
     from lm import data as data_lib
-    from lm import lora
+    from lm import lora, perf
     from lm import metrics as M
-    from lm import perf
     from lm import sharding as sh
     from lm.checkpoint import Checkpointer, abstract_target
     from lm.train import NonFiniteLoss, evaluate, train_loop
