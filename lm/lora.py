@@ -44,7 +44,9 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
 
+from lm import quant
 from lm.sharding import ConfigError
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -200,8 +202,7 @@ def on_base(params: dict, base: dict, shardings: dict, model_cfg) -> dict:
     not_adapter = lambda p: not is_adapter(p)  # noqa: E731
     base = partition(base, not_adapter)[0]
     kind = model_cfg.lora.base_dtype
-    if kind and not any(str(p[-1]).endswith("_qscale") for p in _flat(base)):
-        from lm import quant
+    if kind and not any(quant.is_scale(p) for p in _flat(base)):
         base = quant.quantize_params(base, kind)
     b_shard = partition(shardings, not_adapter)[0]
     flat_b, flat_s = _flat(base), _flat(b_shard)
@@ -209,24 +210,8 @@ def on_base(params: dict, base: dict, shardings: dict, model_cfg) -> dict:
     return combine(_nest(placed), adapters(params))
 
 
-def _flat(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _nest(flat: dict) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
+# nested params dicts <-> {path tuple: leaf} (empty dicts dropped), as lm.hf.checkpoint uses
+_flat, _nest = flatten_dict, unflatten_dict
 
 
 def partition(params: dict, trainable) -> tuple[dict, dict]:
@@ -259,7 +244,6 @@ def merged(params: dict, cfg) -> dict:
     ``model.lora`` off computes the same function."""
     import numpy as np
     if cfg.lora.base_dtype:  # QLoRA: merge into the dequantized base
-        from lm import quant
         params = quant.dequantize_params(params, cfg.lora.base_dtype, cfg.param_dtype_)
     flat = _flat(jax.device_get(params))
     out = {p: v for p, v in flat.items() if not is_adapter(p)}

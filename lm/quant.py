@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 BLOCK = 64
 NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -116,18 +117,16 @@ def _weight_paths(flat: dict):
 
 def quantize_params(params: dict, kind: str) -> dict:
     """A float params dict in the quantized layout (jit it with the target shardings)."""
-    from lm.lora import _flat, _nest
-    flat = _flat(params)
+    flat = flatten_dict(params)
     for path in list(_weight_paths(flat)):
         codes, scale = quantize(flat[path], kind)
         flat[path], flat[path[:-1] + (path[-1] + SCALE,)] = codes, scale
-    return _nest(flat)
+    return unflatten_dict(flat)
 
 
 def dequantize_params(params: dict, kind: str, dtype=jnp.float32) -> dict:
     """The float params dict of a quantized one (scales dropped)."""
-    from lm.lora import _flat, _nest
-    flat = _flat(params)
+    flat = flatten_dict(params)
     out = {}
     for path, v in flat.items():
         if path[-1].endswith(SCALE):
@@ -135,7 +134,7 @@ def dequantize_params(params: dict, kind: str, dtype=jnp.float32) -> dict:
         scale = flat.get(path[:-1] + (path[-1] + SCALE,))
         out[path] = v if scale is None else dequantize(jnp.asarray(v), jnp.asarray(scale), kind,
                                                        dtype)
-    return _nest(out)
+    return unflatten_dict(out)
 
 
 def is_scale(path) -> bool:

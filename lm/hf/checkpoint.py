@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from lm import sharding as sh
@@ -81,24 +82,7 @@ def graphdef(cfg: ModelCfg):
     return abstract(cfg)[0]
 
 
-def _flat(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _nest(flat: dict) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        d = out
-        for k in path[:-1]:
-            d = d.setdefault(k, {})
-        d[path[-1]] = v
-    return out
+_flat, _nest = flatten_dict, unflatten_dict  # {path tuple: leaf} <-> nested dicts
 
 
 def _plan(path: str, dtype: str | None, max_len: int | None):
@@ -161,8 +145,6 @@ def load(path: str, mesh=None, dtype: str | None = None, max_len: int | None = N
     unsupported ``model_type``. ``adapter``: a PEFT LoRA adapter directory (``lm.hf.peft``) on
     top: the returned cfg has its ``model.lora`` and the params its adapters."""
     cfg, _, files, plan, shapes, specs = _plan(path, dtype, max_len)
-    if adapter is not None:
-        return _with_adapter(cfg, load(path, mesh, dtype, max_len)[1], adapter, mesh)
     np_dt = NP_DTYPES[cfg.param_dtype]
 
     def place(item):
@@ -188,6 +170,8 @@ def load(path: str, mesh=None, dtype: str | None = None, max_len: int | None = N
     # slices (stacked params' buffers), about one tensor on an 8-device mesh
     with ThreadPoolExecutor(max_workers=8) as pool:
         out = dict(pool.map(place, plan.items()))
+    if adapter is not None:
+        return _with_adapter(cfg, _nest(out), adapter, mesh)
     return cfg, _nest(out)
 
 
