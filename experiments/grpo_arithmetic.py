@@ -3,20 +3,24 @@
     python -m experiments.grpo_arithmetic --preset tiny     # CPU (2 cores), about 8-10 minutes
     python -m experiments.grpo_arithmetic --preset tiny --set exp.methods=grpo,dapo rl.group_size=4
     make smollm2 && python -m experiments.grpo_arithmetic --preset smollm2 --workdir runs/g_s0 \
-        --set exp.methods=grpo train.seed=0 exp.results_dir=runs/g_s0/record   # ~1 h/method
+        --set exp.methods=grpo train.seed=0 exp.results_dir=runs/g_s0/record   # ~25 min/method
 
 ``--preset smollm2``: SmolLM2-135M-Instruct (``make smollm2``) from the base model, no SFT
-(``exp.sft_steps=0``), full fine-tuning (all 135M params, AdamW lr 1e-5; LoRA is not used here
-yet). Every prompt goes through the checkpoint's chat template with the system message "You are
-a helpful assistant." and the question "What is a + b? Answer with the number only."
-(``exp.prompt=chat``, ``rl.arithmetic``); the answer is the last integer of the assistant's text;
-sampling stops at ``<|im_end|>``; 16 new tokens fit "a + b = c" for 3-digit operands.
-4 prompts x 8 samples per step, 30 steps, greedy held-out accuracy (128 problems in-distribution
-1-2 digits, 128 with 3-digit operands) at steps 0/15/30 by the same evaluator as the base model.
-Measured on a 2-core AMD EPYC shared with other jobs (load average 5-9): about 100 s per step
-(rollout of 32 samples + one full-parameter AdamW step on 32 x 56 tokens), ~5 min of loading and
-compiling, ~1.5 min per greedy evaluation of 2 x 128 problems: about 1 hour per method there
-(results/grpo_arithmetic/smollm2/). The 2-step CLI check in tests/test_smollm2.py takes ~105 s.
+(``exp.sft_steps=0``), full fine-tuning (all 135M params, AdamW lr 1e-5; LoRA is not used here:
+the runs compare losses, and full fine-tuning is what the GRPO-family papers report). Every prompt
+goes through the checkpoint's chat template with the system message "You are a helpful
+assistant." and the question "What is a + b? Answer with the number only." (``exp.prompt=chat``,
+``rl.arithmetic``); the answer is the last integer of the assistant's text; sampling stops at
+``<|im_end|>``; 16 new tokens fit "a + b = c" for 3-digit operands. Reward: exact match only
+(``exp.format_weight=0``): with the 0.1 strict-format bonus of the byte-GPT preset, a first GRPO
+run learned the bare-number format by step 5 and lost the "a + b = c" working its correct answers
+came with (greedy held-out 0.125 -> 0.039 at step 15; results/grpo_arithmetic/smollm2/).
+4 prompts x 8 samples per step, 20 steps, greedy held-out accuracy (128 problems in-distribution
+1-2 digits, 128 with 3-digit operands) at steps 0/10/20 by the same evaluator as the base model.
+Measured on a 2-core AMD EPYC shared with other jobs (load average ~2): about 60 s per step
+(rollout of 32 samples + one full-parameter AdamW step on 32 x 56 tokens), ~1.5 min of loading
+and compiling, ~1 min per greedy evaluation of 2 x 128 problems: about 25 minutes per method.
+The 2-step CLI check in tests/test_smollm2_presets.py takes ~50 s.
 
 Problems ``"a+b="`` / ``"a-b="`` are generated with a seed: 1-2 digit operands for training and
 the in-distribution held-out set (disjoint problems), 3-digit operands for the longer-operand
@@ -108,9 +112,9 @@ def smollm2() -> GRPOConfig:
         model=ModelCfg(init_from=SMOLLM2_DIR, max_len=64),  # KV-cache bound: 40 + 16 tokens
         opt=OptCfg(lr=1e-5, warmup=0, schedule="constant", weight_decay=0.0),
         mesh=MeshCfg(data=-1),
-        train=TrainCfg(loss="grpo", steps=30, batch_size=32, seq_len=56, ckpt_every=5),
-        rl=RLCfg(group_size=8, prompts_per_step=4, mu=1, max_new_tokens=16, eval_every=15),
-        exp=ExpCfg(methods=("grpo",), sft_steps=0, eval_n=128, prompt="chat",
+        train=TrainCfg(loss="grpo", steps=20, batch_size=32, seq_len=56, ckpt_every=5),
+        rl=RLCfg(group_size=8, prompts_per_step=4, mu=1, max_new_tokens=16, eval_every=10),
+        exp=ExpCfg(methods=("grpo",), sft_steps=0, eval_n=128, prompt="chat", format_weight=0.0,
                    system=SMOLLM2_SYSTEM, prompt_len=40,  # 3-digit chat prompts are 38
                    results_dir="results/grpo_arithmetic/smollm2"),
         run=RunCfg(name="grpo_arithmetic_smollm2", sample_tokens=0, progress=False,
