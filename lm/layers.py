@@ -207,10 +207,11 @@ class Attention(nnx.Module):
                 self.kv_bias_2xKxH[...].astype(dt)[c].reshape(K * H) for c in range(2)]
                 if cfg.qkv_bias else [None] * 3)
         out = []
-        for (w, n), b, kv, t in zip(ws, bs, (False, True, True), "qkv"):
+        ds = lora.deltas(self, "qkv", x_BLxD, lora_rng)  # model.lora: None without adapters
+        for (w, n), b, kv, d in zip(ws, bs, (False, True, True), ds):
             y = x_BLxD @ w
             y = y if b is None else y + b[None]
-            if (d := lora.delta(self, t, x_BLxD, lora_rng)) is not None:  # model.lora
+            if d is not None:
                 y = y + d
             name = "kv_heads" if kv and K != N else "heads"
             out.append(constrain(y.reshape(B, L, n, H), ("batch", "length", name, None)))
@@ -298,8 +299,9 @@ class MLP(nnx.Module):
         B, L = x_BxLxD.shape[:2]
         x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), read(self, "up_DxCxF", dt)
         h_BLxF = [x_BLxD @ w_DxCxF[:, c] for c in range(C)]  # 2-D dots (see Attention)
-        for c, t in enumerate(("gate", "up") if C == 2 else ("up",)):  # model.lora
-            if (d := lora.delta(self, t, x_BLxD, lora_rng)) is not None:
+        ds = lora.deltas(self, ("gate", "up") if C == 2 else ("up",), x_BLxD, lora_rng)
+        for c, d in enumerate(ds):  # model.lora
+            if d is not None:
                 h_BLxF[c] = h_BLxF[c] + d
         if cfg.mlp_bias:
             b_CxF = self.up_bias_CxF[...].astype(dt)
