@@ -324,9 +324,10 @@ class Block(nnx.Module):
     """Transformer block. ``block_norm="pre"``: x + attn(norm1(x)); x + mlp(norm2(x)).
     ``"sandwich"`` (Gemma 2/3): x + post_attn_norm(attn(norm1(x))); x +
     post_mlp_norm(mlp(norm2(x))). ``"post"`` (OLMo 2): no pre-norms, x + post_attn_norm(attn(x));
-    x + post_mlp_norm(mlp(x)). The post-norms are created after the pre-norm params."""
+    x + post_mlp_norm(mlp(x)). The post-norms are created after the pre-norm params.
+    ``moe``: a mixture-of-experts MLP (``lm.moe.MoE``, attribute ``moe``) replaces ``mlp``."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
+    def __init__(self, cfg, rngs: nnx.Rngs, moe: bool = False):
         self.cfg = cfg
         kw = {"bias": cfg.norm_bias, "offset": cfg.norm_offset}
 
@@ -337,7 +338,11 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, rngs)
         if cfg.block_norm != "post":
             self.norm2 = norm()
-        self.mlp = MLP(cfg, rngs)
+        if moe:
+            from lm.moe import MoE  # lm.moe builds on this module
+            self.moe = MoE(cfg, rngs)
+        else:
+            self.mlp = MLP(cfg, rngs)
         if cfg.block_norm != "pre":
             self.post_attn_norm, self.post_mlp_norm = norm(), norm()
 
@@ -353,7 +358,11 @@ class Block(nnx.Module):
             a_BxLxD = self.post_attn_norm(a_BxLxD)
         x_BxLxD = x_BxLxD + dropout(a_BxLxD, self.cfg.dropout, r1)
         mk = None if lk is None else jax.random.fold_in(lk, 1)
-        m_BxLxD = self.mlp(self.norm2(x_BxLxD) if pre else x_BxLxD, lora_rng=mk)
+        h_BxLxD = self.norm2(x_BxLxD) if pre else x_BxLxD
+        if hasattr(self, "moe"):
+            m_BxLxD = self.moe(h_BxLxD, segment_ids_BxL, record=kv_cache is None)
+        else:
+            m_BxLxD = self.mlp(h_BxLxD, lora_rng=mk)
         if post:
             m_BxLxD = self.post_mlp_norm(m_BxLxD)
         x_BxLxD = x_BxLxD + dropout(m_BxLxD, self.cfg.dropout, r2)

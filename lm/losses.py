@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lm import moe
 from lm.sharding import ConfigError
 
 # modules that add their own LOSSES dicts to the registry when importable
@@ -69,11 +70,26 @@ def xent_from_logits(logits_BxLxV, targets_BxL, mask_BxL, z_loss: float = 0.0):
 
 
 def xent(params, batch, *, model, rng, cfg):
-    """Next-token cross-entropy with label mask and ``cfg.train.z_loss``."""
+    """Next-token cross-entropy with label mask and ``cfg.train.z_loss``; an MoE model's
+    load-balancing and router z terms are added (``with_moe_aux``)."""
     m = bind(model, params)
     logits_BxLxV = m(batch["inputs"], rng=rng, **packed_kwargs(batch))
     mask_BxL = batch.get("mask", jnp.ones(batch["targets"].shape, jnp.float32))
-    return xent_from_logits(logits_BxLxV, batch["targets"], mask_BxL, cfg.train.z_loss)
+    loss, aux = xent_from_logits(logits_BxLxV, batch["targets"], mask_BxL, cfg.train.z_loss)
+    return with_moe_aux(m, loss, aux)
+
+
+def with_moe_aux(m, loss, aux):
+    """``(loss, aux)`` plus the MoE aux losses of module ``m``'s last forward
+    (``lm.moe.aux_terms``: ``moe_aux_coef * load_balancing + moe_router_z_coef * z`` with the
+    coefficients of ``m.cfg``, and their metrics, per-expert load included); unchanged for a
+    dense model."""
+    stats = moe.collect(m)
+    if not stats:
+        return loss, aux
+    s, c = aux["loss"]
+    extra, moe_aux = moe.aux_terms(stats, m.cfg.moe_aux_coef, m.cfg.moe_router_z_coef, c)
+    return (s + extra) / jnp.maximum(c, 1.0), {**aux, "loss": (s + extra, c), **moe_aux}
 
 
 LOSSES = {"xent": xent}

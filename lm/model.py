@@ -31,6 +31,7 @@ from lm import attention as attn_lib
 from lm import remat as remat_lib
 from lm.layers import Block, Norm, dropout, param, parse_rope_scaling
 from lm.lora import LoRACfg, attach
+from lm.moe import IMPLS
 from lm.quant import quantize_module
 from lm.routing import DLRCfg, LatentRouter
 from lm.sharding import ConfigError, constrain
@@ -88,12 +89,22 @@ class ModelCfg:
     # a Hugging Face checkpoint dir or a run dir to start from; its architecture replaces the
     # fields above (lm/pretrained.py); "" = random init
     init_from: str = ""
+    # mixture of experts (lm/moe.py); 0 experts = the dense model above, unchanged
+    moe_experts: int = 0  # E experts per MoE layer
+    moe_top_k: int = 2  # experts per token
+    moe_d_ff: int = 0  # each expert's hidden size; 0 = d_ff
+    moe_norm_topk: bool = True  # renormalise the top-k probabilities (Mixtral; Qwen3 option)
+    moe_sparse_step: int = 1  # layer i is MoE iff (i + 1) % step == 0 (decoder_sparse_step)
+    moe_dense_layers: tuple[int, ...] = ()  # layers kept dense (Qwen3 mlp_only_layers)
+    moe_aux_coef: float = 0.001  # load-balancing loss weight (router_aux_loss_coef)
+    moe_router_z_coef: float = 0.0  # router z-loss weight (ST-MoE); 0 = reported only
+    moe_impl: str = "auto"  # dropless dispatch: "auto" | "ragged_dot" | "tiled" (lm.moe)
 
     CHOICES = {"pos": ("rope", "learned"), "mlp": ("gelu", "swiglu"), "norm": ("rms", "layer"),
                "param_dtype": tuple(DTYPES), "dtype": tuple(DTYPES),
                "act": ("", "gelu_tanh", "gelu", "silu", "relu"), "remat": remat_lib.POLICIES,
                "block_norm": ("pre", "sandwich", "post"),
-               "attention": attn_lib.IMPLEMENTATIONS}
+               "attention": attn_lib.IMPLEMENTATIONS, "moe_impl": IMPLS}
 
     def __post_init__(self):
         for field, allowed in self.CHOICES.items():
@@ -133,6 +144,38 @@ class ModelCfg:
             raise ConfigError("model.rope_scaling needs model.pos='rope'")
         parse_rope_scaling(self.rope_scaling)
         self.dlr.check(self.n_layers)
+        if self.moe_experts:
+            self._check_moe()
+
+    def _check_moe(self):
+        if self.moe_experts < 0 or not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ConfigError(f"model.moe_top_k={self.moe_top_k} must be in [1, "
+                              f"model.moe_experts={self.moe_experts}]")
+        if self.moe_d_ff < 0 or self.moe_sparse_step < 1:
+            raise ConfigError("model.moe_d_ff must be >= 0 (0 = d_ff) and model.moe_sparse_step "
+                              ">= 1")
+        bad = [i for i in self.moe_dense_layers if not 0 <= i < self.n_layers]
+        if bad:
+            raise ConfigError(f"model.moe_dense_layers={self.moe_dense_layers} must be layer "
+                              f"indices in [0, {self.n_layers})")
+        if self.mlp != "swiglu":
+            raise ConfigError("model.moe_experts > 0 needs model.mlp='swiglu' (experts are "
+                              "SwiGLU)")
+        if set(self.lora.targets) & {"gate", "up", "down"} and self.lora.on:
+            raise ConfigError("model.lora on an MoE model targets the attention projections "
+                              "only (q, k, v, o); the experts take no adapters")
+        if self.lora.base_dtype:
+            raise ConfigError("model.lora.base_dtype (QLoRA) is not implemented for MoE models")
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether block ``layer`` has an MoE MLP (HF: not in ``mlp_only_layers`` and
+        ``(layer + 1) % decoder_sparse_step == 0``)."""
+        return bool(self.moe_experts) and layer not in self.moe_dense_layers and (
+            (layer + 1) % self.moe_sparse_step == 0)
+
+    @property
+    def moe_d_ff_(self) -> int:
+        return self.moe_d_ff or self.d_ff
 
     @property
     def kv_heads(self) -> int:
@@ -185,7 +228,7 @@ class GPT(nnx.Module):
             self.pos_LxD = param(rngs, nnx.initializers.normal(0.01), (cfg.max_len, cfg.d_model),
                                  (None, "embed"), pdt)
         for i in range(cfg.n_layers):  # string attribute names give clean checkpoint paths
-            setattr(self, f"block_{i}", Block(cfg, rngs))
+            setattr(self, f"block_{i}", Block(cfg, rngs, moe=cfg.is_moe(i)))
         self.norm_f = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, pdt, rngs, bias=cfg.norm_bias,
                            offset=cfg.norm_offset)
         if not cfg.tie_embeddings:
@@ -243,7 +286,9 @@ class GPT(nnx.Module):
         (``lm.remat.scan_blocks``), cut at the DLR layer when codes steer the stream."""
         k = self.cfg.dlr.layer
         steer = codes_BxM is not None and lo <= k < hi
-        cuts = sorted({lo, hi, k} if steer else {lo, hi})
+        kinds = [self.cfg.is_moe(i) for i in range(self.cfg.n_layers)]  # MoE/dense: one scan each
+        cuts = sorted(({lo, hi, k} if steer else {lo, hi}) | {
+            i for i in range(lo + 1, hi) if kinds[i] != kinds[i - 1]})
         hiddens = []
         for a, b in zip(cuts[:-1], cuts[1:]):
             if steer and a == k:

@@ -58,13 +58,21 @@ def _leaf_name(path) -> str:
     return names[-2] if len(names) > 1 and names[-1] == "value" else names[-1]
 
 
+EXPERT_WEIGHTS = ("gate_ExDxF", "up_ExDxF", "down_ExFxD")  # lm.moe
+
+
 def model_params(params, cfg) -> int:
     """N of the FLOP count: all parameters except the lookup tables; a tied ``embed_VxD`` counts
-    once (it is the unembedding matmul). ``params``: the model's params pytree (or its shapes)."""
+    once (it is the unembedding matmul); MoE expert weights count their active share
+    (``moe_top_k / moe_experts``: a token runs top-k of them). ``params``: the model's params
+    pytree (or its shapes)."""
     n = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name = _leaf_name(path)
         if name in EMBEDDING_TABLES and not (name == "embed_VxD" and cfg.tie_embeddings):
+            continue
+        if name in EXPERT_WEIGHTS:
+            n += int(leaf.size) * cfg.moe_top_k // cfg.moe_experts
             continue
         n += int(leaf.size)
     return n

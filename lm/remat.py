@@ -27,9 +27,12 @@ taken with ``nnx.state`` inside the trace, stacked, and the body is the pure
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.traverse_util import flatten_dict
 
 POLICIES = ("none", "full", "dots", "dots_no_batch", "attn_out")
 ATTN_OUT = "attn_out"  # the checkpoint_name of the attention output
@@ -57,11 +60,16 @@ def scan_blocks(blocks, remat: str, x_BxLxD, pos_BxL, rngs, segment_ids_BxL=None
 
     def body(x_BxLxD, xs):
         state, key, layer = xs
-        y_BxLxD, _ = nnx.merge(graphdef, state)(x_BxLxD, pos_BxL, key, None, None,
-                                                segment_ids_BxL, layer=layer)
+        block = nnx.merge(graphdef, state)
+        y_BxLxD, _ = block(x_BxLxD, pos_BxL, key, None, None, segment_ids_BxL, layer=layer)
         y_BxLxD = post(y_BxLxD)
-        return y_BxLxD, y_BxLxD
+        # what a block leaves as nnx.Intermediate (MoE router sums, lm.moe) goes out per layer
+        return y_BxLxD, (y_BxLxD, nnx.to_pure_dict(nnx.pop(block, nnx.Intermediate)))
 
-    x_BxLxD, h_NxBxLxD = jax.lax.scan(jax.checkpoint(body, policy=policy(remat)), x_BxLxD,
-                                      (stacked, keys, layers))
+    x_BxLxD, (h_NxBxLxD, inter) = jax.lax.scan(jax.checkpoint(body, policy=policy(remat)),
+                                               x_BxLxD, (stacked, keys, layers))
+    for path, v_N in flatten_dict(inter).items():  # back on the blocks, as unrolled blocks
+        for i, b in enumerate(blocks):
+            owner = functools.reduce(getattr, path[:-1], b)
+            setattr(owner, path[-1], nnx.Intermediate(v_N[i]))
     return [h_NxBxLxD[i] for i in range(len(blocks) - 1)] + [x_BxLxD]

@@ -9,6 +9,18 @@ GQA/MQA: the kv heads (logical "kv_heads") go on ``tensor`` when their count div
 ``tensor`` axis; otherwise (e.g. MQA's single kv head, or 2 kv heads over tensor=4) ``fit_spec``
 drops the axis and the k/v projections are *replicated* over ``tensor`` (each tensor shard
 computes all kv heads; the q heads stay split), as for any dimension a mesh axis does not divide.
+
+Experts (``lm.moe``): the stacked expert weights' leading axis (logical "expert") goes on
+``fsdp``, as Tunix does, rather than on a fourth ``expert`` mesh axis. Why: the mesh axes are
+fixed everywhere (batch placement, checkpoints restored onto another mesh, ``--dry-run``,
+activation constraints) and a new axis would change every mesh; ``fsdp`` already splits the
+batch, so the devices that hold different experts are the ones holding different tokens,
+the layout expert parallelism exchanges tokens over; and an fsdp shard then holds E/fsdp
+*whole* experts (the same bytes as 1/fsdp of each, with no per-expert gather of weights). The
+experts' model dim is therefore left unsharded (a spec may name ``fsdp`` once) and their hidden
+dim goes on ``tensor`` like a dense MLP's. When E does not divide ``fsdp``, ``fit_spec`` drops
+the axis (experts replicated over fsdp). The dispatch is plain jitted code: XLA's partitioner
+inserts the collectives.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "kv": None,
     "norm": None,
     "codes": None,
+    "expert": "fsdp",  # MoE experts (see the module docstring)
     # activations (``constrain``): the residual stream is batch-sharded and replicated over
     # ``tensor``; q/k/v and the MLP hidden are split by heads / mlp like their weights.
     "length": None,
