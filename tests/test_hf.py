@@ -219,8 +219,8 @@ BAD = {
                                              os.path.getsize(os.path.join(
                                                  d, "model.safetensors")) - 100),
                        "truncated"),
-    "unsupported model_type": (lambda d: _edit_config(d, model_type="mixtral"),
-                               "model_type='mixtral' is not supported; supported"),
+    "unsupported model_type": (lambda d: _edit_config(d, model_type="olmoe"),
+                               "model_type='olmoe' is not supported; supported"),
     "unsupported field": (lambda d: _edit_config(d, rope_parameters={
         "rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}), "rope_type='yarn'"),
     "moe": (lambda d: _edit_config(d, num_local_experts=8), "num_local_experts=8"),

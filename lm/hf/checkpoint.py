@@ -65,9 +65,12 @@ def param_layout(cfg: ModelCfg):
     """({path: ShapeDtypeStruct}, {path: logical PartitionSpec}) of ``GPT(cfg)`` without tracing
     every block: blocks are built identically, so one block's entries are repeated (tracing
     the initialisers of a 16-layer model costs ~0.4 s, more than reading 1 GB)."""
-    if cfg.dlr.on or cfg.n_layers == 1:
+    kinds = {cfg.is_moe(i) for i in range(cfg.n_layers)}
+    if cfg.dlr.on or cfg.n_layers == 1 or len(kinds) > 1:  # (MoE and dense layers: all)
         return abstract(cfg)[1:]
-    one = dataclasses.replace(cfg, n_layers=1, window_layers=(), nope_layers=())  # same params
+    one = dataclasses.replace(cfg, n_layers=1, window_layers=(), nope_layers=(),  # same params
+                              moe_dense_layers=(), moe_sparse_step=1,
+                              moe_experts=cfg.moe_experts if kinds == {True} else 0)
     _, shapes1, specs1 = abstract(one)
     shapes, specs = {}, {}
     for path in shapes1:

@@ -11,9 +11,11 @@ norms, ``layer_types`` / ``sliding_window_pattern`` and local/global rotary tabl
 ``gemma3`` checkpoint's text tower), olmo2 (post-norm blocks, q/k norms over the whole
 projection), smollm3 (``no_rope_layers``), phi3 (fused qkv/gate_up tensors, ``lm.hf.params``), arcee
 (Llama with a plain MLP: what a scratch-trained rotary/RMSNorm/GELU model of this codebase
-exports as). Anything
-else, or a field whose value changes the math in a way the one GPT does not implement (MoE,
-partial rotary, yarn/dynamic rope, quantisation, ...), is refused
+exports as), and the mixtures of experts (``lm.moe``) qwen3_moe (q/k norm, ``num_experts``,
+``norm_topk_prob``, ``decoder_sparse_step`` + ``mlp_only_layers``: dense MLPs elsewhere) and
+mixtral (Mistral with an MoE in every layer, top-k always renormalised). Anything
+else, or a field whose value changes the math in a way the one GPT does not implement (other
+MoE families, partial rotary, yarn/dynamic rope, quantisation, ...), is refused
 with one ``ConfigError`` naming the ``model_type`` or field.
 """
 
@@ -26,13 +28,16 @@ from lm.model import ModelCfg
 from lm.sharding import ConfigError
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "arcee", "gemma2", "gemma3_text",
-              "olmo2", "smollm3", "phi3")
+              "olmo2", "smollm3", "phi3", "qwen3_moe", "mixtral")
 SUPPORTED = ("gpt2",) + LLAMA_LIKE + ("gemma3",)  # gemma3: its text tower (as gemma3_text)
 ARCH = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
         "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
         "arcee": "ArceeForCausalLM", "gemma2": "Gemma2ForCausalLM",
         "gemma3_text": "Gemma3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
-        "smollm3": "SmolLM3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+        "smollm3": "SmolLM3ForCausalLM", "phi3": "Phi3ForCausalLM",
+        "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM"}
+MOE_FAMILIES = ("qwen3_moe", "mixtral")
+MOE_FIELDS = ("num_experts", "num_local_experts", "moe_intermediate_size")
 GEMMAS = ("gemma", "gemma2", "gemma3_text")  # sqrt(d) embedding scale, 1 + w norms
 SANDWICH = ("gemma2", "gemma3_text")  # pre- and post-norms around attention and MLP
 TIED_DEFAULT = {"gpt2": True, "gemma": True, "gemma2": True, "gemma3_text": True}
@@ -83,13 +88,37 @@ def model_type(hf: dict) -> str:
         return mt
     if mt not in SUPPORTED:
         raise ConfigError(f"config.json: model_type={mt!r} is not supported; supported model "
-                          f"types: {list(SUPPORTED)} (MoE and vision towers are not)")
+                          f"types: {list(SUPPORTED)} (other MoE families, vision towers: not)")
     for field, ok in REFUSED.items():
-        if mt in SANDWICH and field in SOFTCAPS:
+        if (mt in SANDWICH and field in SOFTCAPS) or (mt in MOE_FAMILIES and field in MOE_FIELDS):
             continue
         if field in hf and hf[field] not in ok:
             _refuse(mt, field, hf[field], "this field changes the model's math")
+    if mt in MOE_FAMILIES and float(hf.get("router_jitter_noise") or 0.0):
+        _refuse(mt, "router_jitter_noise", hf["router_jitter_noise"],
+                "router jitter is not implemented")
     return mt
+
+
+def _moe(hf: dict, mt: str) -> dict:
+    """The ``ModelCfg.moe_*`` fields of a qwen3_moe / mixtral config (transformers' defaults
+    for absent fields); {} for a dense family."""
+    if mt not in MOE_FAMILIES:
+        return {}
+    if mt == "mixtral":
+        out = dict(moe_experts=int(hf.get("num_local_experts", 8)),
+                   moe_top_k=int(hf.get("num_experts_per_tok", 2)),
+                   moe_d_ff=int(hf.get("intermediate_size", 14336)), moe_norm_topk=True)
+    else:
+        out = dict(moe_experts=int(hf.get("num_experts", hf.get("num_local_experts", 128))),
+                   moe_top_k=int(hf.get("num_experts_per_tok", 8)),
+                   moe_d_ff=int(hf.get("moe_intermediate_size", 768)),
+                   moe_norm_topk=bool(hf.get("norm_topk_prob", False)),
+                   moe_sparse_step=int(hf.get("decoder_sparse_step", 1)),
+                   moe_dense_layers=tuple(int(i) for i in hf.get("mlp_only_layers") or ()))
+    if out["moe_experts"] < 1:
+        _refuse(mt, "num_experts", out["moe_experts"], "an MoE family needs experts")
+    return {**out, "moe_aux_coef": float(hf.get("router_aux_loss_coef", 0.001))}
 
 
 def _rope(hf: dict, mt: str, rp: dict | None = None) -> tuple[float, str]:
@@ -139,13 +168,13 @@ def _layer_types(hf: dict, mt: str, n: int) -> list[str]:
     ``sliding_window_pattern``, Mistral every layer)."""
     types = hf.get("layer_types")
     if types is None:
-        if mt == "mistral":
+        if mt in ("mistral", "mixtral"):
             types = ["sliding_attention"] * n
         elif mt == "phi3":  # one window for every layer when set
             types = ["sliding_attention" if hf.get("sliding_window") else "full_attention"] * n
         elif mt == "smollm3" and hf.get("use_sliding_window") and hf.get("sliding_window"):
             types = ["full_attention" if r else "sliding_attention" for r in _rope_layers(hf, n)]
-        elif mt in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        elif mt in ("qwen2", "qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
             m = int(hf.get("max_window_layers", 28))
             types = ["sliding_attention" if i >= m else "full_attention" for i in range(n)]
         elif mt == "gemma2":
@@ -177,11 +206,11 @@ def _windows(hf: dict, mt: str, n: int) -> tuple[int, tuple[int, ...]]:
     """(``ModelCfg.sliding_window``, ``window_layers``) of a config."""
     types = _layer_types(hf, mt, n)
     window = int(hf.get("sliding_window") or 0)
-    if mt in ("qwen2", "qwen3", "smollm3") and not hf.get("use_sliding_window"):
+    if mt in ("qwen2", "qwen3", "qwen3_moe", "smollm3") and not hf.get("use_sliding_window"):
         window = 0  # transformers drops the window (layer_types then say full everywhere)
     sliding = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
     if not sliding or not window:
-        if sliding and mt != "mistral":
+        if sliding and mt not in ("mistral", "mixtral"):
             _refuse(mt, "sliding_window", hf.get("sliding_window"),
                     "sliding layers need a window")
         return 0, ()
@@ -224,7 +253,7 @@ def to_model_cfg(hf: dict, *, param_dtype: str = "float32", dtype: str | None = 
         qkv_bias, out_bias = True, False
     else:
         qkv_bias = out_bias = attn_bias
-    if mt in ("mistral", "qwen2", "phi3") and attn_bias:
+    if mt in ("mistral", "qwen2", "phi3", "mixtral") and attn_bias:
         _refuse(mt, "attention_bias", True, "not part of this family")
     local_base = 0.0
     if mt == "gemma3_text":
@@ -255,9 +284,11 @@ def to_model_cfg(hf: dict, *, param_dtype: str = "float32", dtype: str | None = 
                     norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_base=theta,
                     rope_scaling=scaling, qkv_bias=qkv_bias, out_bias=out_bias,
                     mlp_bias=bool(hf.get("mlp_bias", False)),
-                    qk_norm=mt in ("qwen3", "gemma3_text", "olmo2"), act=ACTS[act],
+                    qk_norm=mt in ("qwen3", "qwen3_moe", "gemma3_text", "olmo2"),
+                    act=ACTS[act],
                     embed_scale=mt in GEMMAS, norm_offset=1.0 if mt in GEMMAS else 0.0,
-                    sliding_window=window, window_layers=window_layers, **extra, **common)
+                    sliding_window=window, window_layers=window_layers, **extra, **common,
+                    **_moe(hf, mt))
 
 
 def choose_family(cfg: ModelCfg, prefer: str | None = None) -> str:
@@ -281,6 +312,8 @@ def _choose(cfg: ModelCfg) -> str:
                           f"exportable: {list(SUPPORTED)}")
     if cfg.dlr.on:
         no("model.dlr (latent routing) has no Hugging Face equivalent")
+    if cfg.moe_experts:
+        return _choose_moe(cfg, no)
     if (cfg.final_logit_softcap or cfg.attn_scale or cfg.attn_softcap or cfg.local_rope_base) \
             and cfg.block_norm != "sandwich":
         no("model.final_logit_softcap/attn_scale/attn_softcap/local_rope_base are gemma2/"
@@ -353,6 +386,27 @@ def _choose(cfg: ModelCfg) -> str:
     return "llama" if cfg.mlp == "swiglu" else "arcee"
 
 
+def _choose_moe(cfg: ModelCfg, no) -> str:
+    """qwen3_moe (q/k norm, any layer pattern) or mixtral (every layer MoE, renormalised)."""
+    if (cfg.pos != "rope" or cfg.norm != "rms" or cfg.block_norm != "pre" or cfg.embed_scale
+            or cfg.norm_offset or cfg.qk_norm_full or cfg.nope_layers or cfg.mlp_bias
+            or cfg.attn_scale or cfg.attn_softcap or cfg.final_logit_softcap
+            or cfg.local_rope_base or cfg.qkv_bias != cfg.out_bias):
+        no("MoE models export as qwen3_moe or mixtral: rotary, RMSNorm pre-norm blocks, no "
+           "MLP bias, attention biases all or none, no Gemma/OLMo features")
+    if cfg.qk_norm:
+        if cfg.window_layers and any(cfg.layer_windows[i] == 0 for i in range(
+                cfg.window_layers[0], cfg.n_layers)):
+            no("qwen3_moe slides the layers from max_window_layers on")
+        return "qwen3_moe"
+    if not all(cfg.is_moe(i) for i in range(cfg.n_layers)) or not cfg.moe_norm_topk:
+        no("an MoE model without q/k norm exports as mixtral: every layer MoE, "
+           "moe_norm_topk=true (q/k norm: qwen3_moe)")
+    if cfg.qkv_bias or cfg.window_layers:
+        no("mixtral has no attention biases and one window for every layer")
+    return "mixtral"
+
+
 def export_cfg(cfg: ModelCfg, family: str) -> ModelCfg:
     """``cfg`` as the family stores it (GPT-2's biases made explicit): the cfg ``hf.load`` gives
     back for the written ``config.json``."""
@@ -389,11 +443,11 @@ def to_hf_config(cfg: ModelCfg, family: str, dtype: str, extra: dict | None = No
                max_position_embeddings=cfg.max_len, rms_norm_eps=cfg.norm_eps,
                hidden_act=HF_ACT[cfg.act_], rope_parameters=rope, rope_theta=cfg.rope_base,
                attention_dropout=0.0)
-    if family in ("llama", "arcee", "qwen3", "olmo2", "smollm3") + GEMMAS:
+    if family in ("llama", "arcee", "qwen3", "qwen3_moe", "olmo2", "smollm3") + GEMMAS:
         out["attention_bias"] = cfg.qkv_bias
     if family in ("llama", "arcee", "smollm3"):
         out["mlp_bias"] = cfg.mlp_bias
-    if family in ("mistral", "phi3"):
+    if family in ("mistral", "phi3", "mixtral"):
         out["sliding_window"] = cfg.sliding_window or None
     if family == "phi3":
         out.update(original_max_position_embeddings=cfg.max_len, resid_pdrop=0.0,
@@ -403,10 +457,20 @@ def to_hf_config(cfg: ModelCfg, family: str, dtype: str, extra: dict | None = No
         out.update(no_rope_layers=[int(r != 2) for r in cfg.layer_ropes],
                    use_sliding_window=bool(cfg.sliding_window),
                    sliding_window=cfg.sliding_window or None, layer_types=types)
-    if family in ("qwen2", "qwen3"):
+    if family in ("qwen2", "qwen3", "qwen3_moe"):
         slides = [i for i, w in enumerate(cfg.layer_windows) if w]
         out.update(use_sliding_window=bool(slides), sliding_window=cfg.sliding_window or None,
                    max_window_layers=slides[0] if slides else cfg.n_layers, layer_types=types)
+    if family == "qwen3_moe":
+        out.update(num_experts=cfg.moe_experts, num_experts_per_tok=cfg.moe_top_k,
+                   moe_intermediate_size=cfg.moe_d_ff_, norm_topk_prob=cfg.moe_norm_topk,
+                   decoder_sparse_step=cfg.moe_sparse_step,
+                   mlp_only_layers=list(cfg.moe_dense_layers),
+                   router_aux_loss_coef=cfg.moe_aux_coef)
+    if family == "mixtral":
+        out.update(num_local_experts=cfg.moe_experts, num_experts_per_tok=cfg.moe_top_k,
+                   intermediate_size=cfg.moe_d_ff_, router_aux_loss_coef=cfg.moe_aux_coef,
+                   router_jitter_noise=0.0)
     if family in SANDWICH:
         out.pop("hidden_act")
         out.update(hidden_activation=HF_ACT[cfg.act_], layer_types=types,

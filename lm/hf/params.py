@@ -132,6 +132,9 @@ def mapping(cfg: ModelCfg, family: str) -> dict[tuple[str, ...], Src]:
                                               total_rows=2 * F)
             out[(b, "mlp", "down_FxD")] = _w(p + "mlp.down_proj.weight")
             continue
+        if cfg.is_moe(i):  # per-expert tensors stacked on our expert axis
+            out.update(_moe(cfg, family, b, p))
+            continue
         m = p + "mlp."
         ups = ("gate_proj", "up_proj") if cfg.mlp == "swiglu" else ("up_proj",)
         out[(b, "mlp", "up_DxCxF")] = Src(tuple(m + u + ".weight" for u in ups), 1, True,
@@ -141,6 +144,20 @@ def mapping(cfg: ModelCfg, family: str) -> dict[tuple[str, ...], Src]:
             out[(b, "mlp", "up_bias_CxF")] = Src(tuple(m + u + ".bias" for u in ups), 0, False,
                                                  ((0,),))
             out[(b, "mlp", "down_bias_D")] = _vec(m + "down_proj.bias")
+    return out
+
+
+def _moe(cfg: ModelCfg, family: str, b: str, p: str) -> dict:
+    """An MoE block's router and experts: Qwen3-MoE ``mlp.gate`` and
+    ``mlp.experts.{e}.{gate,up,down}_proj``; Mixtral ``block_sparse_moe.gate`` and
+    ``block_sparse_moe.experts.{e}.w1`` (gate) / ``w3`` (up) / ``w2`` (down), each [out, in]."""
+    m, names = ((p + "block_sparse_moe.", ("w1", "w3", "w2")) if family == "mixtral"
+                else (p + "mlp.", ("gate_proj", "up_proj", "down_proj")))
+    E = range(cfg.moe_experts)
+    out = {(b, "moe", "router_DxE"): _w(m + "gate.weight")}
+    for ours, n in zip(("gate_ExDxF", "up_ExDxF", "down_ExFxD"), names):
+        out[(b, "moe", ours)] = Src(tuple(f"{m}experts.{e}.{n}.weight" for e in E), 0, True,
+                                    ((0,), (1,)))
     return out
 
 
