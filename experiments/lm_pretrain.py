@@ -1,6 +1,7 @@
 """Byte-level GPT pretraining on the embedded corpus (KJV) or your own files.
 
     python -m experiments.lm_pretrain --preset tiny          # CPU, about 3-4 minutes
+    python -m experiments.lm_pretrain --preset tiny_moe      # 8 experts, top-2; CPU, ~6 minutes
     python -m experiments.lm_pretrain --preset tiny --set train.steps=50 opt.lr=1e-3
     python -m experiments.lm_pretrain --preset gpu --set data.source=files data.paths=/d/*.parquet
     python -m experiments.lm_pretrain --preset tpu_pod --dry-run   # check a pod config on this CPU
@@ -39,6 +40,20 @@ def tiny() -> Config:
     )
 
 
+def tiny_moe() -> Config:
+    """``tiny`` with a mixture of experts in every layer (``lm.moe``): 8 SwiGLU experts of hidden
+    168, top-2, at the dense tiny model's active parameters (per token 2 x 3 x 128 x 168 +
+    the 128 x 8 router = 130,048 MLP weights vs the GELU MLP's 2 x 128 x 512 = 131,072), 4x
+    the MLP parameters in total. Load-balancing loss 0.01 (Switch/Mixtral-style training
+    weight; HF's 0.001 default is a fine-tuning one), router z-loss 1e-3 (ST-MoE)."""
+    base = tiny()
+    return dataclasses.replace(
+        base, model=dataclasses.replace(base.model, mlp="swiglu", moe_experts=8, moe_top_k=2,
+                                        moe_d_ff=168, moe_aux_coef=0.01,
+                                        moe_router_z_coef=1e-3),
+        run=dataclasses.replace(base.run, name="lm_pretrain_tiny_moe"))
+
+
 def gpu() -> Config:
     """GPT-2-124M shape (12L/768/12H, ctx 1024) in bf16 on one or more GPUs."""
     return Config(
@@ -65,7 +80,7 @@ def tpu_pod() -> Config:
     )
 
 
-PRESETS = {"tiny": tiny, "gpu": gpu, "tpu_pod": tpu_pod}
+PRESETS = {"tiny": tiny, "tiny_moe": tiny_moe, "gpu": gpu, "tpu_pod": tpu_pod}
 
 
 def run(cfg: Config, workdir: str, argv=None) -> dict:

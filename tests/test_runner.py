@@ -174,7 +174,7 @@ def test_bad_input_exit_code_in_a_process(tmp_path):
 
 def test_unknown_preset(capsys):
     assert main(lm_pretrain.PRESETS, lm_pretrain.run, argv=["--preset", "huge"]) == EXIT_CONFIG
-    assert "'huge' is not one of ['gpu', 'tiny', 'tpu_pod']" in capsys.readouterr().err
+    assert "'huge' is not one of ['gpu', 'tiny', 'tiny_moe', 'tpu_pod']" in capsys.readouterr().err
 
 
 @pytest.mark.slow
