@@ -39,6 +39,25 @@ def _per_device_bytes(shapes, shardings, mesh_shape: dict) -> int:
     return total
 
 
+def _moe_line(mcfg, shapes, shardings, mesh_shape: dict) -> str:
+    """Expert weights per device and how the expert axis is split (``lm.moe``)."""
+    import jax
+
+    from lm.perf import EXPERT_WEIGHTS
+    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    keep = [str(getattr(p[-1], "key", p[-1])) in EXPERT_WEIGHTS for p, _ in flat]
+    pick = lambda t: [x for x, k in zip(jax.tree.leaves(t), keep) if k]  # noqa: E731
+    eb = _per_device_bytes(pick(shapes), pick(shardings), mesh_shape)
+    full = sum(x.size * x.dtype.itemsize for x in pick(shapes))
+    axes = pick(shardings)[0].spec[0] if pick(shardings) else None
+    names = (axes,) if isinstance(axes, str) else (axes or ())
+    split = math.prod(mesh_shape[a] for a in names)
+    n_moe = sum(mcfg.is_moe(i) for i in range(mcfg.n_layers))
+    return (f"experts per device:   {_gib(eb)} ({eb:,} of {full:,} bytes: "
+            f"{mcfg.moe_experts // split} of {mcfg.moe_experts} experts x {n_moe} MoE layers "
+            f"per device, expert axis on {names or 'no mesh axis'}; top-{mcfg.moe_top_k})")
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:8.3f} GiB"
 
@@ -143,6 +162,8 @@ def dry_run(cfg: Config) -> str:
               f"optimizer per device: {_gib(ob)}"]
     if rb:
         lines.append(f"reference per device: {_gib(rb)} (a frozen copy of the params)")
+    if cfg.model.moe_experts:
+        lines.append(_moe_line(cfg.model, st_shapes["params"], s_shard["params"], mshape))
     if lc.base_dtype:  # QLoRA: the same base unquantized, for the saving
         import dataclasses
         fm = dataclasses.replace(cfg.model, lora=dataclasses.replace(lc, base_dtype=""))

@@ -39,7 +39,8 @@ import os
 from lm.model import ModelCfg
 from lm.sharding import ConfigError
 
-RUNTIME = ("init_from", "dtype", "param_dtype", "dropout", "remat", "attention", "dlr", "lora")
+RUNTIME = ("init_from", "dtype", "param_dtype", "dropout", "remat", "attention", "dlr", "lora",
+           "moe_impl", "moe_aux_coef", "moe_router_z_coef")  # MoE training knobs, not shape
 
 
 def source_kind(path: str) -> str:

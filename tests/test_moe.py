@@ -202,3 +202,22 @@ def test_kv_cache_decode_and_packing_with_moe():
     # 2 MoE layers x 9 real tokens
     assert float(packed_stats["n"]) == 2 * 9
     np.testing.assert_allclose(float(packed_stats["sel_E"].sum()), 2 * 9 * 2)
+
+
+def test_dry_run_prints_expert_bytes_per_device():
+    """``--dry-run`` of an MoE preset on 8 devices, experts over fsdp: the expert weights per
+    device are 1/8 of their total, and the compiled step's figures are printed."""
+    from experiments import lm_pretrain
+    from experiments.config import override
+    from experiments.dry_run import dry_run
+    cfg = override(lm_pretrain.tiny_moe(), [
+        "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.moe_d_ff=16",
+        "train.batch_size=8", "train.seq_len=16", "mesh.data=1", "mesh.fsdp=8",
+        "run.dry_run_devices=8"])
+    out = dry_run(cfg)
+    line = next(ln for ln in out.splitlines() if ln.startswith("experts per device"))
+    assert "1 of 8 experts x 2 MoE layers per device, expert axis on ('fsdp',); top-2" in line
+    per, total = (int(x) for x in line.split("(")[1].split(" bytes")[0].replace(",", "")
+                  .split(" of "))
+    assert per * 8 == total == 2 * 3 * 8 * 32 * 16 * 4  # layers x matrices x E x D x F x fp32
+    assert "activations/temp per device" in out
