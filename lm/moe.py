@@ -37,18 +37,21 @@ them back too, ``lm.remat``). Padding (segment id 0 of a packed batch) carries w
 
 Sharding: expert weights carry the logical axis ``"expert"`` (``lm.sharding.RULES``: the
 ``fsdp`` mesh axis; why there) and ``"mlp"`` (``tensor``); the router is small and follows
-``embed``. The dispatch is plain jitted code: under a mesh XLA's partitioner inserts the
-collectives (there is no hand-written ``shard_map`` all-to-all).
+``embed``. Under a mesh each batch shard dispatches its own tokens (``batch_groups``) and the
+expert matmuls read the fsdp-sharded experts as FSDP reads any weight (XLA's partitioner
+gathers them); there is no hand-written ``shard_map`` all-to-all of tokens to expert owners.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lm.layers import ACTS, param
-from lm.sharding import constrain
+from lm.sharding import AXES, BATCH_AXES, constrain
 
 IMPLS = ("auto", "ragged_dot", "tiled")
 MAX_TILE = 128
@@ -217,10 +220,29 @@ class MoE(nnx.Module):
               self.down_ExFxD[...].astype(dt)]
         if impl == "dense":
             y_TxD = dense_reference(x_TxD, w_TxK.astype(dt), ids_TxK, *ws, cfg.act_)
-        else:
-            y_TxD = experts_dropless(x_TxD, w_TxK.astype(dt), ids_TxK, *ws, cfg.act_,
-                                     impl or cfg.moe_impl)
+            return constrain(y_TxD.reshape(B, L, D), ("batch", "length", "act_embed"))
+        G = batch_groups(B)
+        run = lambda x, w, ids: experts_dropless(  # noqa: E731
+            x, w, ids, *ws, cfg.act_, impl or cfg.moe_impl)
+        if G == 1:
+            y_TxD = run(x_TxD, w_TxK.astype(dt), ids_TxK)
+        else:  # each batch shard dispatches its own tokens (same numbers, no global sort)
+            grouped = [constrain(a.reshape((G, -1) + a.shape[1:]), ("batch",) + (None,) * a.ndim)
+                       for a in (x_TxD, w_TxK.astype(dt), ids_TxK)]
+            y_TxD = jax.vmap(run)(*grouped).reshape(B * L, D)
         return constrain(y_TxD.reshape(B, L, D), ("batch", "length", "act_embed"))
+
+
+def batch_groups(batch: int) -> int:
+    """How many batch shards the ambient mesh (``lm.train`` traces under it) splits the rows
+    into, when that divides ``batch``; 1 outside a mesh. The dispatch then runs per shard
+    (``vmap`` over groups pinned to the batch axes): each device sorts and groups only its own
+    tokens, where a global sort would make every device redo the whole batch's dispatch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or tuple(mesh.axis_names) != AXES:
+        return 1
+    g = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    return g if g > 1 and batch % g == 0 else 1
 
 
 def collect(model) -> list:
