@@ -119,13 +119,12 @@ def test_layer_pattern_and_config_errors():
 
 
 def test_moe_model_xent_remat_and_dense_path_agree():
-    """The MoE GPT through xent: the tiled dispatch, the ragged_dot one and remat=full (a scan
-    per run of alike layers) give the same loss, aux metrics and gradients; the aux loss
+    """The MoE GPT through xent: the unrolled blocks and remat=full (a scan per run of alike
+    layers: MoE, dense, MoE) give the same loss, aux metrics and gradients; the aux loss
     equals load_balancing_loss on the layers' router logits recomputed by hand."""
     b = random_batch(2, 8, 64, seed=1)
     outs = {}
-    for name, cfg in {"tiled": MOE, "ragged_dot": dataclasses.replace(MOE, moe_impl="ragged_dot"),
-                      "remat": dataclasses.replace(MOE, remat="full")}.items():
+    for name, cfg in {"tiled": MOE, "remat": dataclasses.replace(MOE, remat="full")}.items():
         gd, params = tiny_model(cfg)
         f = lambda p, gd=gd, cfg=cfg: xent(p, b, model=gd, rng=None,  # noqa: E731
                                             cfg=Config(model=cfg))
@@ -134,7 +133,7 @@ def test_moe_model_xent_remat_and_dense_path_agree():
     assert {"moe_aux", "moe_z", "moe_load_max", "moe_load/0", "moe_load/3"} <= set(a0)
     load = sum(float(a0[f"moe_load/{e}"][0] / a0[f"moe_load/{e}"][1]) for e in range(4))
     assert abs(load - 1.0) < 1e-6
-    for name in ("ragged_dot", "remat"):
+    for name in ("remat",):
         (l1, a1), g1 = outs[name]
         np.testing.assert_allclose(l1, l0, rtol=1e-6)
         for k in a0:
