@@ -65,6 +65,15 @@ class ArithCfg:
     test_n: int = 1024
     log_every: int = 20
     base_from: str = ""  # a base.npz of an earlier run: skip pretraining (sweeps reuse one base)
+    # "tokens": the byte-GPT token layout (rl.dlr_tasks); "chat": the same tasks asked through
+    # model.init_from's chat template (rl.dlr_chat; no pretraining: the checkpoint is the base)
+    prompt: str = "tokens"
+    digits: int = 2  # chat: operand digits
+    system: str = ""  # chat: the system message ("" = none)
+    eval_base: bool = True  # evaluate the base model (first method, first seed) before post-train
+    # resume a run dir with the same config: (task, method, seed) runs recorded in
+    # records.jsonl are skipped (a killed run redoes only the run it was in)
+    resume: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +102,30 @@ def smoke() -> ArithConfig:
         pretrain_batch=16, post_n=64, post_steps=3, batch_size=8, test_n=16, log_every=2))
 
 
-PRESETS = {"tiny": tiny, "smoke": smoke}
+SMOLLM2_DIR = "data_cache/smollm2-135m-instruct"  # `make smollm2`
+SMOLLM2_SYSTEM = "You are a helpful assistant."
+
+
+def smollm2() -> ArithConfig:
+    """SmolLM2-135M-Instruct as the base (no pretraining), LoRA r 16 / alpha 32 on q,k,v,o,gate,
+    up,down (lr 1e-3; the router and code book train beside the adapters), chat prompts; the
+    router on layer 15 of 30 (the paper's ~0.5 depth) reading the RMS-normalised stream, C 8,
+    K 4, N 4, alpha_policy 0.1 (the paper's Llama value), steering scale 10 (module docstring)."""
+    from lm.lora import LoRACfg
+    dl = DLRCfg(layer=15, codes=8, chunk=4, alpha=10.0, n_search=4, alpha_policy=0.1,
+                alpha_reg=0.1, router_norm=True)
+    return ArithConfig(
+        model=ModelCfg(init_from=SMOLLM2_DIR, n_layers=30, max_len=64, dlr=dl,  # (resolved)
+                       lora=LoRACfg(rank=16, alpha=32.0)),
+        opt=OptCfg(lr=1e-3, warmup=5, schedule="constant", weight_decay=0.0),
+        train=TrainCfg(seed=0),
+        exp=ArithCfg(tasks=("hidden",), methods=("sft", "dlr", "dlr_c1", "dlr_ap0"),
+                     pretrain_steps=0, post_n=512, post_steps=64, post_lr=1e-3, batch_size=8,
+                     test_n=192, log_every=8, prompt="chat", digits=2, system=SMOLLM2_SYSTEM,
+                     resume=True))
+
+
+PRESETS = {"tiny": tiny, "smoke": smoke, "smollm2": smollm2}
 
 
 def method_model(cfg: ArithConfig, method: str) -> ModelCfg:
@@ -197,35 +229,129 @@ def evaluate(gd, params, test, method, chunk):
     return out
 
 
+def evaluate_chat(gd, params, enc, task, method, chunk):
+    """``evaluate`` for the chat tasks (``rl.dlr_chat``): exact match up to the EOS, digit
+    accuracy, MI of the answer chunks' codes with the carry into the digit each predicts and
+    with the hidden operator."""
+    import jax
+    import numpy as np
+
+    from rl import dlr_chat as D
+    from rl import dlr_tasks as T
+    from rl.dlr_generate import generate_routed
+    prompt = enc["tokens"][:, :enc["P"]]
+    out = {}
+    for mode in (("off",) if method == "sft" else ("route", "off", "random")):
+        toks, codes = generate_routed(gd, params, prompt, task.n_new, mode=mode,
+                                      rng=jax.random.key(7))
+        out[mode] = task.exact(toks, enc)
+        out[f"digit_{mode}"] = task.digit_acc(toks, enc)
+        if mode == "route":
+            codes = np.asarray(codes)
+            chunks = D.answer_chunks(enc, chunk, codes.shape[1])
+            c_ans, lab = codes[:, chunks], D.carry_labels(enc, chunk, chunks)
+            out["mi_carry"] = T.mutual_information(c_ans[lab >= 0], lab[lab >= 0])
+            out["mi_op"] = T.mutual_information(c_ans, np.repeat(enc["op"][:, None],
+                                                                 len(chunks), 1))
+            out["codes_used"] = int(len(np.unique(c_ans)))
+    return out
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def summarize(results: list[dict], workdir: str, wall_s: float) -> dict:
+    """summary.json, table.md and plot.png of ``results`` (one record per evaluated run)."""
+    from rl import dlr_tasks as T
+    from rl.dlr_plot import plot, table
+    summary = table(results, T.bootstrap_ci)
+    summary["wall_s"] = wall_s
+    with open(os.path.join(workdir, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    with open(os.path.join(workdir, "table.md"), "w") as fh:
+        fh.write(summary["markdown"])
+    plot(summary, os.path.join(workdir, "plot.png"))
+    return summary
+
+
+def _run_key(r: dict) -> tuple:
+    return r["task"], r["method"], r["seed"]
+
+
 def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
     import numpy as np
 
     from lm import metrics as M
     from lm.checkpoint import save_params_npz
+    from lm.sharding import ConfigError
+    from rl import dlr_chat as D
     from rl import dlr_tasks as T
-    from rl.dlr_plot import plot, table
 
     ex, t0 = cfg.exp, time.perf_counter()
     for method in ex.methods:
         method_model(cfg, method)  # ConfigError before any work
-    if not set(ex.tasks) <= set(T.TASKS) or not ex.seeds:
-        from lm.sharding import ConfigError
-        raise ConfigError(f"exp.tasks={ex.tasks} must be a non-empty subset of {T.TASKS} "
+    chat = ex.prompt == "chat"
+    tasks = D.TASKS if chat else T.TASKS
+    if ex.prompt not in ("tokens", "chat"):
+        raise ConfigError(f"exp.prompt={ex.prompt!r} is not one of ['tokens', 'chat']")
+    if not set(ex.tasks) <= set(tasks) or not ex.seeds:
+        raise ConfigError(f"exp.tasks={ex.tasks} must be a non-empty subset of {tasks} "
                           "and exp.seeds non-empty")
+    if chat != bool(cfg.model.init_from):
+        raise ConfigError("exp.prompt=chat needs model.init_from=<a chat checkpoint> (and "
+                          "exp.prompt=tokens a model trained here)")
+    if chat and ex.digits < 1:
+        raise ConfigError(f"exp.digits={ex.digits} must be >= 1")
     pre_cfg = dataclasses.replace(cfg.model, dlr=DLRCfg())
     base = load_base(ex.base_from, pre_cfg) if ex.base_from else None  # checked before writing
-    if prepare_run_dir(workdir, cfg) and not cfg.run.overwrite:
-        from lm.sharding import ConfigError
+    task_fmt = None
+    if chat:
+        from lm.pretrained import tokenizer_for
+        tok = tokenizer_for(cfg.model)
+        if tok is None:
+            raise ConfigError(f"model.init_from={cfg.model.init_from} has no tokenizer.json")
+        try:
+            task_fmt = D.ChatArith(tok, digits=ex.digits, system=ex.system or None)
+        except ValueError as e:
+            raise ConfigError(f"exp.prompt=chat: {e}") from None
+        width = task_fmt.encode(D.make(ex.tasks[0], 1, 0, ex.digits))["tokens"].shape[1]
+        if width > cfg.model.max_len:
+            raise ConfigError(f"model.max_len={cfg.model.max_len} < {width} (prompt + answer)")
+    resume = prepare_run_dir(workdir, cfg)
+    if resume and not (ex.resume or cfg.run.overwrite):
         raise ConfigError(f"--workdir {workdir} already holds this experiment (it does not "
                           "resume); choose another --workdir or pass --set run.overwrite=true")
     M.write_provenance(workdir, argv=argv, allow_dirty=cfg.run.allow_dirty)
-    raw = open(os.path.join(workdir, "raw.jsonl"), "w")
+    rec_path, raw_path = os.path.join(workdir, "records.jsonl"), os.path.join(workdir, "raw.jsonl")
+    results = read_jsonl(rec_path) if resume and ex.resume else []
+    done = {_run_key(r) for r in results}
+    if done:  # drop the curves of a run that was killed before its record was written
+        keep = [r for r in read_jsonl(raw_path)
+                if r.get("phase") != "post" or _run_key(r) in done]
+        with open(raw_path, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in keep)
+        print(f"resuming {workdir}: {len(done)} run(s) recorded", flush=True)
+    else:
+        open(rec_path, "w").close()
+    raw = open(raw_path, "a" if done else "w")
+    records = open(rec_path, "a")
 
     def logger(**tags):
         fn = lambda step, m: raw.write(json.dumps({**tags, "step": step, **m}) + "\n")
         return {"every": ex.log_every, "fn": fn}
 
-    if base is None:
+    def record(rec):
+        results.append(rec)
+        records.write(json.dumps(rec) + "\n")
+        records.flush()
+
+    if chat:
+        pass  # the checkpoint is the base: loaded per run with its fresh router (start_params)
+    elif base is None:
         pre_opt = dataclasses.replace(cfg.opt, lr=ex.pretrain_lr, warmup=ex.pretrain_warmup,
                                       schedule="cosine")
         pre = T.make("addsub", ex.pretrain_n, seed=10_000)
@@ -234,52 +360,75 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
                                T.batches(pre, ex.pretrain_batch, ex.pretrain_steps, 0),
                                ex.pretrain_steps, cfg.train.seed, logger(phase="pretrain"))
         save_params_npz(os.path.join(workdir, "base.npz"), base)  # a reused base is not copied
-    print(f"pretrained in {time.perf_counter() - t0:.0f}s")
+    if not chat:
+        print(f"pretrained in {time.perf_counter() - t0:.0f}s")
     post_opt = dataclasses.replace(cfg.opt, lr=ex.post_lr)
-    results = []
     for task in ex.tasks:
-        test = T.make(task, ex.test_n, seed=20_000)
+        if chat:
+            test = task_fmt.encode(D.make(task, ex.test_n, 20_000, ex.digits))
+        else:
+            test = T.make(task, ex.test_n, seed=20_000)
         for method in ex.methods:
             mcfg = method_model(cfg, method)
             for seed in ex.seeds:
-                data = T.make(task, ex.post_n, seed=30_000 + seed)
+                t_run = time.perf_counter()
+                if chat:
+                    data = task_fmt.encode(D.make(task, ex.post_n, 30_000 + seed, ex.digits))
+                    p0 = start_params(mcfg, seed)
+                    batches = D.batches(data, ex.batch_size, ex.post_steps, seed)
+                    ev_fn = functools.partial(evaluate_chat, enc=test, task=task_fmt)
+                else:
+                    data = T.make(task, ex.post_n, seed=30_000 + seed)
+                    p0 = with_dlr_params(mcfg, base, seed)
+                    batches = T.batches(data, ex.batch_size, ex.post_steps, seed)
+                    ev_fn = functools.partial(evaluate, test=test)
                 tags = {"phase": "post", "task": task, "method": method, "seed": seed}
-                p0 = with_dlr_params(mcfg, base, seed)
-                if seed == ex.seeds[0] and method == ex.methods[0]:  # the base, before post-train
-                    ev = evaluate(graphdef(mcfg), p0, test, "sft", mcfg.dlr.chunk)
-                    results.append({"task": task, "method": "base", "seed": seed,
-                                    "correct": {"off": ev["off"].tolist()},
-                                    "digit_off": ev["digit_off"]})
+                first = seed == ex.seeds[0] and method == ex.methods[0]
+                if ex.eval_base and first and (task, "base", seed) not in done:
+                    ev = ev_fn(graphdef(mcfg), p0, method="sft", chunk=mcfg.dlr.chunk)
+                    record({"task": task, "method": "base", "seed": seed,
+                            "correct": {"off": ev["off"].tolist()},
+                            "digit_off": ev["digit_off"]})
+                if (task, method, seed) in done:
+                    continue
                 loss = "xent" if method == "sft" else "dlr"
-                gd, params = train_params(mcfg, post_opt, loss, p0,
-                                          T.batches(data, ex.batch_size, ex.post_steps, seed),
+                gd, params = train_params(mcfg, post_opt, loss, p0, batches,
                                           ex.post_steps, seed, logger(**tags))
-                ev = evaluate(gd, params, test, method, mcfg.dlr.chunk)
+                ev = ev_fn(gd, params, method=method, chunk=mcfg.dlr.chunk)
                 rec = {"task": task, "method": method, "seed": seed,
                        "correct": {k: v.tolist() for k, v in ev.items() if k in
                                    ("route", "off", "random")},
                        **{k: v for k, v in ev.items() if k in ("mi_carry", "mi_op",
                                                                "codes_used")},
-                       **{k: v for k, v in ev.items() if k.startswith("digit_")}}
-                results.append(rec)
+                       **{k: v for k, v in ev.items() if k.startswith("digit_")},
+                       "wall_s": time.perf_counter() - t_run}
                 raw.write(json.dumps({"phase": "eval", **{k: v for k, v in rec.items()
                                                           if k != "correct"},
                                       **{f"acc_{k}": float(np.mean(v))
                                          for k, v in rec["correct"].items()}}) + "\n")
                 raw.flush()
+                record(rec)
                 print(f"{task:7s} {method:8s} seed {seed}: " + " ".join(
                     f"{k}={np.mean(v):.3f}" for k, v in rec["correct"].items()) +
                     f"  [{time.perf_counter() - t0:.0f}s]", flush=True)
     raw.close()
-    summary = table(results, T.bootstrap_ci)
-    summary["wall_s"] = time.perf_counter() - t0
-    with open(os.path.join(workdir, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
-    with open(os.path.join(workdir, "table.md"), "w") as fh:
-        fh.write(summary["markdown"])
-    plot(summary, os.path.join(workdir, "plot.png"))
+    records.close()
+    summary = summarize(results, workdir, time.perf_counter() - t0)
     print(summary["markdown"])
     return summary
+
+
+def start_params(model_cfg, seed: int) -> dict:
+    """``model.init_from``'s params with a fresh DLR router for ``seed`` (zero code book), read
+    as ``lm.setup.build`` reads them (``lm.setup.pretrained_params``), on one device."""
+    import jax
+    from flax import nnx
+
+    from lm import sharding as sh
+    from lm.model import GPT
+    from lm.setup import pretrained_params
+    mesh = sh.make_mesh(sh.MeshCfg(data=1), devices=jax.devices()[:1])
+    return pretrained_params(model_cfg, lambda: GPT(model_cfg, rngs=nnx.Rngs(seed)), mesh)[1]
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ class IGACfg:
     tokenizer: str = "words"  # "words" | "bytes" (for real-model text)
     teacher: EndpointCfg = EndpointCfg()
     helper: EndpointCfg = EndpointCfg()  # if set, one remote helper replaces the scripted ones
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (one seed per process)
+    # resume a run dir with the same config: seeds whose rows are in seed_rows.jsonl are skipped
+    resume: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +109,25 @@ def smoke() -> IGAConfig:
                                                        sft_steps=40))
 
 
-PRESETS = {"tiny": tiny, "smoke": smoke}
+SMOLLM2_DIR = "data_cache/smollm2-135m-instruct"  # `make smollm2`
+
+
+def smollm2() -> IGAConfig:
+    """SmolLM2-135M-Instruct as the student (no pretraining), LoRA with the paper's settings
+    (r 8, alpha 32, q,k,v,o,gate,up,down, dropout 0.05), its chat template and EOS; lr 1e-3
+    constant, clip 0.3 (paper), batch 8, 24 steps per fine-tune; 3 iterations, n_think 2."""
+    from lm.lora import LoRACfg
+    return IGAConfig(
+        model=ModelCfg(init_from=SMOLLM2_DIR, max_len=112,
+                       lora=LoRACfg(rank=8, alpha=32.0, dropout=0.05)),
+        opt=OptCfg(lr=1e-3, warmup=1, schedule="constant", weight_decay=0.0, clip=0.3),
+        mesh=MeshCfg(data=-1), run=RunCfg(name="iga_rules_smollm2", progress=False),
+        iga=IGACfg(seeds=1, arms=("iga",), iterations=3, n_think=2, pretrain_steps=0,
+                   sft_steps=24, batch_size=8, seq_len=64, prompt_len=88, max_new_tokens=16,
+                   resume=True))
+
+
+PRESETS = {"tiny": tiny, "smoke": smoke, "smollm2": smollm2}
 
 
 def check_config(cfg: IGAConfig):
@@ -221,10 +242,13 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
     train, test = split_queries(world, g.max_train)
     rule = lambda q: world.scenarios[q.scenario].rule
     test_chats = [Pr.naive(rule(q), q.text) for q in test]
-    pre = [pretrain_examples(world, train, test, seed, fmt.render) for seed in range(g.seeds)]
+    seeds = range(g.first_seed, g.first_seed + g.seeds)
+    pre = {seed: pretrain_examples(world, train, test, seed, fmt.render) for seed in seeds}
+    # without pretraining its (hinted) examples are never trained on: the checkpoint is the base
     check_lengths(g, tok, fmt, [Pr.naive(rule(q), q.text) for q in train] + test_chats,
-                  [ex for exs in pre for ex in exs])
-    prepare_run_dir(workdir, cfg)
+                  [ex for exs in pre.values() for ex in exs] if g.pretrain_steps else
+                  [(fmt.render(Pr.naive(rule(q), q.text)), "") for q in train])
+    resume = prepare_run_dir(workdir, cfg) and g.resume
     M.write_provenance(workdir, argv=argv, name="provenance.json", openai=_ver("openai"),
                        allow_dirty=cfg.run.allow_dirty)
     t0 = time.time()
@@ -256,11 +280,20 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
               f"{row.get('iteration')} compliance {row['compliance']:.3f} "
               f"(indirect {row['indirect']:.3f}) gaps {row.get('n_gaps', '-')}", flush=True)
 
-    for seed in range(g.seeds):
+    seed_path = os.path.join(workdir, "seed_rows.jsonl")
+    done = sail.read_jsonl(seed_path) if resume else []
+    if not resume:
+        sail.write_jsonl_atomic(seed_path, [])
+    rows += done
+    for seed in seeds:
+        if any(r["seed"] == seed for r in done):
+            print(f"seed {seed}: recorded in {seed_path}, skipped", flush=True)
+            continue
+        n_before = len(rows)
         base, losses = trainer.fit(trainer.init_params(seed), pre[seed], g.pretrain_steps, seed)
         base = jax.device_get(base)
         log({"seed": seed, "arm": "base", "iteration": 0, "steps": 0,
-             "pretrain_loss": sum(losses[-20:]) / 20, **evaluate(base)})
+             "pretrain_loss": sum(losses[-20:]) / 20 if losses else None, **evaluate(base)})
         sft_pairs = [(fmt.render(m), a) for m, a in sail.training_chats(
             [sail.Pair(it.key, it.rule, it.query, it.reference, "teacher", 0) for it in items])]
         params = base
@@ -281,6 +314,7 @@ def run(cfg: IGAConfig, workdir: str, argv=None) -> list[dict]:
                      on_iteration=lambda r, arm=arm, seed=seed: log(
                          {"seed": seed, "arm": arm, "steps": r["iteration"] * g.sft_steps,
                           **r}))
+        sail.append_jsonl(seed_path, rows[n_before:])  # this seed is done: resume skips it
     sail.write_jsonl_atomic(os.path.join(workdir, "results.jsonl"), rows)
     write_report(workdir, cfg, rows, argv, time.time() - t0,
                  teacher=type(teacher).__name__ if isinstance(teacher, RuleTeacher)

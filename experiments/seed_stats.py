@@ -124,7 +124,10 @@ def dlr_ablations(folder: str) -> dict[str, dict]:
 
 def dlr_arithmetic() -> str:
     parts = []
-    for folder in ("hidden_long", "tiny", "addsub_mid", "addsub_9k"):
+    folders = ["hidden_long", "tiny", "addsub_mid", "addsub_9k"]
+    if os.path.exists(os.path.join(ROOT, "dlr_arithmetic", "smollm2", "raw.jsonl")):
+        folders.append("smollm2")  # SmolLM2-135M-Instruct (experiments.dlr_record merges it)
+    for folder in folders:
         rows = [line(f"{folder} {t} {m} vs sft (pp)", c, unit="")
                 for (t, m), c in dlr_seed_t(folder).items()]
         rows += [line(f"{folder} {k} (pp)", c, unit="") for k, c in dlr_ablations(folder).items()]
@@ -134,7 +137,11 @@ def dlr_arithmetic() -> str:
 
 def iga_rules() -> str:
     from experiments.iga_report import comparisons  # the report's own table (final iteration)
-    return comparisons(_read("iga_rules", "results.jsonl")).rstrip()
+    out = comparisons(_read("iga_rules", "results.jsonl")).rstrip()
+    if os.path.exists(os.path.join(ROOT, "iga_rules", "smollm2", "results.jsonl")):
+        out += "\n\nsmollm2 (SmolLM2-135M-Instruct, LoRA; experiments.iga_record merges it)\n\n"
+        out += comparisons(_read("iga_rules", "smollm2", "results.jsonl")).rstrip()
+    return out
 
 
 STUDIES = {"gapt_lm": gapt_lm, "gapt_arithmetic": gapt_arithmetic,

@@ -48,6 +48,10 @@ class DLRCfg:
     alpha_reg: float = 0.1
     zipf_s: float = 1.0
     zipf_rho: float = 0.1
+    # the router reads the stream divided by its RMS (parameter-free): a pretrained model's
+    # mid-depth stream has a large norm (SmolLM2-135M layer 15: ~780, a few massive dims), which
+    # saturates normal(0.02) router logits (std ~16: one code everywhere, no search)
+    router_norm: bool = False
 
     @property
     def on(self) -> bool:
@@ -87,6 +91,9 @@ class LatentRouter(nnx.Module):
     def route(self, h_BxLxD: jax.Array) -> jax.Array:
         """Router logits z [B, M, C] (fp32) from the stop-gradient stream at each chunk start."""
         first_BxMxD = jax.lax.stop_gradient(h_BxLxD[:, :: self.cfg.chunk])
+        if self.cfg.router_norm:
+            f32 = first_BxMxD.astype(jnp.float32)
+            first_BxMxD = f32 * jax.lax.rsqrt(jnp.mean(f32 * f32, -1, keepdims=True) + 1e-6)
         w_DxC = self.router_DxC[...].astype(jnp.float32)
         return jnp.einsum("bmd,dc->bmc", first_BxMxD.astype(jnp.float32), w_DxC)
 

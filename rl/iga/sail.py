@@ -203,6 +203,28 @@ def write_jsonl_atomic(path: str, records: list[dict]):
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def append_jsonl(path: str, records: list[dict]):
+    """Append ``records`` in one write and flush (a kill leaves whole lines or none)."""
+    with open(path, "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The whole lines of ``path`` ([] when missing; a torn last line is dropped)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
 def build_references(teacher, queries: list[tuple[str, str, str]], *, n_refine: int = 1,
                      path: str | None = None) -> list[Item]:
     """The teacher's IGP (graph hint + reference answer) for every ``(key, rule, query)``.

@@ -137,6 +137,8 @@ class SFTTrainer:
         of ``examples``. Returns the new params and the per-step losses."""
         if not examples:
             raise ValueError("fit got no examples")
+        if steps == 0:  # nothing to train (a checkpoint used as it is): no encoding either
+            return params, []
         data = encode_examples(self.tok, examples, self.L, self.add_bos)
         lengths = (data["inputs"] != self.tok.pad_id).sum(1)
         rng = np.random.default_rng(seed)
