@@ -1,7 +1,7 @@
 """Byte-level GPT pretraining on the embedded corpus (KJV) or your own files.
 
     python -m experiments.lm_pretrain --preset tiny          # CPU, about 3-4 minutes
-    python -m experiments.lm_pretrain --preset tiny_moe      # 8 experts, top-2; CPU, ~6 minutes
+    python -m experiments.lm_pretrain --preset tiny_moe      # 8 experts, top-2; CPU, ~8 minutes
     python -m experiments.lm_pretrain --preset tiny --set train.steps=50 opt.lr=1e-3
     python -m experiments.lm_pretrain --preset gpu --set data.source=files data.paths=/d/*.parquet
     python -m experiments.lm_pretrain --preset tpu_pod --dry-run   # check a pod config on this CPU

@@ -6,6 +6,8 @@ scale and ``1 + w`` norms, rope scaling, sliding windows (all or some layers), s
 norms, score scale and softcaps, local rotary tables are ``ModelCfg`` fields whose defaults give
 the original model (same params, names, random draws and numerics). Per-layer differences are
 per-layer data (``ModelCfg.layer_windows`` / ``layer_ropes``, indexed by the block's layer).
+``moe_experts > 0`` replaces the SwiGLU MLP of the layers ``ModelCfg.is_moe`` names by a
+mixture of experts (``lm.moe``; Qwen3-MoE, Mixtral); 0 experts is the dense model unchanged.
 
 One forward path serves training, probing and decoding:
 

@@ -119,6 +119,9 @@ def test_load_save_identical_tensors(checkpoints, name, tmp_path):
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
     assert hf.load(out)[0] == cfg
     assert json.load(open(os.path.join(out, "config.json")))["model_type"] == name
+    assert hf.inspect(out)["layer_pattern"] == {
+        "qwen3_moe": "full+moe:4x2, full, full+moe:4x2",
+        "mixtral": "3 x sliding:6+moe:4x2"}[name]
 
 
 def test_scratch_moe_exports_to_transformers(tmp_path):

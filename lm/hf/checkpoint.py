@@ -296,11 +296,12 @@ def layout_family(init_from: str) -> str | None:
 def layer_pattern(cfg: ModelCfg) -> str:
     """The layers in order, runs of alike ones counted: ``full`` or ``sliding:W``, with
     ``+norope`` / ``+localrope:BASE`` (Gemma 3 1B: "5 x sliding:512+localrope:10000, full,
-    ...")."""
+    ...") and ``+moe:ExK`` for mixture-of-experts layers (E experts, top-K)."""
     runs: list[list] = []
-    for w, r in zip(cfg.layer_windows, cfg.layer_ropes):
+    for i, (w, r) in enumerate(zip(cfg.layer_windows, cfg.layer_ropes)):
         word = (f"sliding:{w}" if w else "full") + {
-            0: "", 1: f"+localrope:{cfg.local_rope_base:g}", 2: "+norope"}[r]
+            0: "", 1: f"+localrope:{cfg.local_rope_base:g}", 2: "+norope"}[r] + (
+            f"+moe:{cfg.moe_experts}x{cfg.moe_top_k}" if cfg.is_moe(i) else "")
         if runs and runs[-1][1] == word:
             runs[-1][0] += 1
         else:
