@@ -19,8 +19,36 @@ and alpha sweeps, on a shared machine) took 40 minutes; its wall time is in
    global ablations (steering scale -> 0, uniformly random codes); 95% bootstrap CIs over test
    examples; code-vs-ground-truth mutual information (carry/borrow bit; hidden operator).
 Writes config.json, versions.json, raw.jsonl (train curves + one record per evaluated run),
-summary.json, table.md and plot.png into ``--workdir``. Every model is built with the DLR hook;
-``sft`` never touches the code book, which stays zero, so it is exactly the base model.
+records.jsonl (the evaluated runs with per-example correctness), summary.json, table.md and
+plot.png into ``--workdir``. Every model is built with the DLR hook; ``sft`` never touches the
+code book, which stays zero, so it is exactly the base model.
+
+``--preset smollm2`` (issue 20): the same comparison on SmolLM2-135M-Instruct (``make smollm2``),
+one arm x seed per process, merged afterwards (``experiments.dlr_record``)::
+
+    python -m experiments.dlr_arithmetic --preset smollm2 --workdir runs/dlr_smollm2/dlr_s0 \
+        --set exp.methods=dlr exp.seeds=0 exp.tasks=hidden exp.eval_base=false
+    python -m experiments.dlr_record --out results/dlr_arithmetic/smollm2 runs/dlr_smollm2/*/
+
+What changes vs the byte-GPT presets: no pretraining stage (the checkpoint is the base; its
+router is added fresh by ``lm.setup.pretrained_params`` as for any ``model.init_from``); the
+tasks go through the checkpoint's chat template (``rl.dlr_chat``: system "You are a helpful
+assistant.", "What is a ? b? Answer with the number only.", 2-digit operands, the answer in
+natural digit order + ``<|im_end|>``, exact match up to that EOS); LoRA r 16 / alpha 32 on all
+seven projections at lr 1e-3 (the router and code book train beside the adapters; at the
+paper's full-fine-tuning lr 1e-5 a zero-initialised code book moves ~1e-5 per step under Adam,
+nothing next to a stream of mean |h| ~6 in 64 steps); router on layer 15 of 30 (paper: ~0.5
+depth) reading the RMS-normalised stream (``dlr.router_norm``: the raw stream's norm ~780
+saturates normal(0.02) router logits, std ~16: the N draws would almost always agree); scale 10
+(Adam moves the code book ~lr per step, so the scale sets how far steering can go in 64 steps);
+alpha_policy 0.1 (the paper's Llama value); 512 examples, 64 steps of batch 8 (one epoch, the
+paper's batch), 192 held-out problems; blocks under ``model.remat=dots`` (a scan: the unrolled
+30-layer DLR step was still compiling after 7 minutes here). ``exp.resume``: a rerun of a run dir
+skips the (task, method, seed) runs already in records.jsonl. ``mi_carry`` uses the carry into
+the answer digit each answer chunk's first position predicts (most significant digit first).
+Measured (AMD EPYC, 2 cores, shared with 3 other jobs, load average 6-9, nice 10): a 4-step
+``sft`` run with 16 held-out problems (load, base eval, 4 steps, eval; mostly compiling) took
+428 s; the full-size time per arm x seed is not measured yet (queue job 10 is that run).
 """
 
 from __future__ import annotations
@@ -116,7 +144,7 @@ def smollm2() -> ArithConfig:
                 alpha_reg=0.1, router_norm=True)
     return ArithConfig(
         model=ModelCfg(init_from=SMOLLM2_DIR, n_layers=30, max_len=64, dlr=dl,  # (resolved)
-                       lora=LoRACfg(rank=16, alpha=32.0)),
+                       lora=LoRACfg(rank=16, alpha=32.0), remat="dots"),
         opt=OptCfg(lr=1e-3, warmup=5, schedule="constant", weight_decay=0.0),
         train=TrainCfg(seed=0),
         exp=ArithCfg(tasks=("hidden",), methods=("sft", "dlr", "dlr_c1", "dlr_ap0"),
@@ -341,7 +369,8 @@ def run(cfg: ArithConfig, workdir: str, argv=None) -> dict:
     records = open(rec_path, "a")
 
     def logger(**tags):
-        fn = lambda step, m: raw.write(json.dumps({**tags, "step": step, **m}) + "\n")
+        fn = lambda step, m: raw.write(json.dumps(
+            {**tags, "step": step, **m, "time_s": round(time.perf_counter() - t0, 2)}) + "\n")
         return {"every": ex.log_every, "fn": fn}
 
     def record(rec):

@@ -26,6 +26,27 @@ student's prompts for sampling and for the SFT pairs (``rl.iga.agents.chat_forma
 ``iga.pretrain_steps=0`` to start SAIL from the checkpoint as it is. A chat template makes prompts
 longer: ``iga.prompt_len`` / ``iga.seq_len`` too short for them are one ``error:`` naming the
 lengths needed, before anything is written.
+
+``--preset smollm2`` (issue 20): SmolLM2-135M-Instruct (``make smollm2``) is the student, one
+seed per process, merged afterwards (``experiments.iga_record``)::
+
+    python -m experiments.iga_rules --preset smollm2 --workdir runs/iga_smollm2_s0 \
+        --set iga.first_seed=0 iga.seeds=1
+    python -m experiments.iga_record --out results/iga_rules/smollm2 runs/iga_smollm2_s*/
+
+What changes vs the byte-GPT presets: no pretraining (``iga.pretrain_steps=0``: the checkpoint
+as it is is the base student; its hinted pretraining examples are neither trained on nor
+length-checked), the checkpoint's tokenizer, chat template and EOS ``<|im_end|>``; LoRA with the
+paper's settings (r 8, alpha 32, q,k,v,o,gate,up,down, dropout 0.05; fresh adapters on the base
+at every iteration, as the official code), lr 1e-3 constant (the paper's 5e-5 is for 8B with
+full epochs; here 24 steps), clip 0.3 (paper), batch 8, 24 steps per fine-tune, 3 iterations,
+n_think 2 (official 5: sampling is the cost on CPU), arm ``iga`` only; prompt_len 88 (the
+longest hinted chat prompt is 85 tokens), 16 new tokens (teacher answers <= 15 with EOS).
+Unchanged: scripted teacher and helpers, judge, scenarios, checkers, the SAIL loop, the report.
+``iga.first_seed``/``iga.seeds`` pick the seeds of a process; with ``iga.resume`` (the preset's)
+each finished seed's rows go to seed_rows.jsonl and a rerun skips them.
+Time per seed (base + plain SFT + IGA, 3 iterations): not measured yet on the AMD EPYC
+(2 cores, shared, load average 6-9); queue job 10 is that run (its wall time is printed).
 """
 
 from __future__ import annotations
