@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from experiments.config import Config
@@ -39,6 +40,7 @@ def run_steps(mesh_shape, n=2):
     return state["params"], metrics
 
 
+@pytest.mark.slow  # three compiles of the step (1, 8 and 8 devices): ~100 s on 2 loaded cores
 def test_moe_step_on_meshes_equals_single_device():
     p1, m1 = run_steps((1, 1, 1))
     for shape in ((2, 2, 2), (1, 8, 1)):
