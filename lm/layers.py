@@ -25,11 +25,24 @@ from lm.sharding import constrain
 Array = jax.Array
 
 
+def next_key(rngs: nnx.Rngs) -> Array:
+    """``rngs.params()``: the same key and the same counter increment, with the counter written
+    by ``set_raw_value``. ``nnx.RngStream.__call__`` writes it through ``Variable.set_value``,
+    whose sharding comparison on a tracer makes jax build an error message that walks the whole
+    jaxpr traced so far: quadratic in a model's parameter count under ``eval_shape``/``jit``
+    (~11 s of a 30-layer model's build)."""
+    stream = rngs.params
+    count = stream.count.get_raw_value()
+    key = jax.random.fold_in(stream.key.get_raw_value(), count)
+    stream.count.set_raw_value(count + 1)
+    return key
+
+
 def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str | None, ...], dtype):
     """An ``nnx.Param`` initialised by ``init`` and annotated with logical axis ``names``."""
     if len(names) != len(shape):
         raise ValueError(f"logical names {names} do not match shape {shape}")
-    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
+    return nnx.Param(init(next_key(rngs), shape, dtype), out_sharding=names, eager_sharding=False)
 
 
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:

@@ -98,11 +98,10 @@ class Adapter(nnx.Module):
     ``out_shape``: ``a`` is ``in_shape + (r,)``, ``b`` is ``(r,) + out_shape``."""
 
     def __init__(self, in_shape, in_names, out_shape, out_names, lcfg: LoRACfg, param_dtype,
-                 rngs: nnx.Rngs):
-        r, fan_in = lcfg.rank, math.prod(in_shape)
-        bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) on [r, fan_in]
-        a = jax.random.uniform(rngs.params(), (fan_in, r), jnp.float32, -bound, bound)
-        self.a = nnx.LoRAParam(a.reshape(tuple(in_shape) + (r,)).astype(param_dtype),
+                 a_IxR: jax.Array):
+        """``a_IxR``: A's initial value (``kaiming_a``), ``[prod(in_shape), rank]`` fp32."""
+        r = lcfg.rank
+        self.a = nnx.LoRAParam(a_IxR.reshape(tuple(in_shape) + (r,)).astype(param_dtype),
                                out_sharding=tuple(in_names) + (None,), eager_sharding=False)
         self.b = nnx.LoRAParam(jnp.zeros((r,) + tuple(out_shape), param_dtype),
                                out_sharding=(None,) + tuple(out_names), eager_sharding=False)
@@ -165,17 +164,43 @@ def shapes_of(cfg, target: str):
             "down": ((F,), ("mlp",), (D,), ("embed",))}[target]
 
 
+def kaiming_a(keys: jax.Array, fan_in: int, rank: int) -> jax.Array:
+    """``[len(keys), fan_in, rank]`` fp32 draws of U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PEFT's
+    ``kaiming_uniform_(a=sqrt(5))`` on ``[r, fan_in]``), one per key: vmapped, each slice is
+    bit-identical to ``jax.random.uniform(key, (fan_in, rank), ...)`` drawn alone."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.vmap(lambda k: jax.random.uniform(k, (fan_in, rank), jnp.float32, -bound,
+                                                 bound))(keys)
+
+
 def attach(gpt, cfg, rngs: nnx.Rngs):
-    """Add ``lora_<target>`` adapters to every block of ``gpt`` (call after all base params)."""
+    """Add ``lora_<target>`` adapters to every block of ``gpt`` (call after all base params).
+
+    Adapter ``n`` (blocks in order, targets in ``lora.targets`` order) draws its A from the key
+    ``rngs.params()`` would give on its ``n``-th call, and the stream's counter advances once
+    by their number, so the values are those of one ``rngs.params()`` call per adapter. The
+    keys and draws are vmapped (one per target over the blocks): a traced ``nnx.Rngs`` call per
+    adapter cost a walk of the whole jaxpr each (jax's error-message bookkeeping on the
+    counter's write) and a threefry per adapter a large XLA compile, ~70 s together for a
+    30-layer, 7-target init."""
     lc = cfg.lora
-    for block in gpt.blocks:
-        for t in lc.targets:
-            spec = shapes_of(cfg, t)
-            if spec is None:
-                continue
-            owner = block.attn if t in ATTN_TARGETS else block.mlp
-            # fp32 adapters under a bf16/fp16 base (PEFT's autocast_adapter_dtype default)
-            setattr(owner, PREFIX + t, Adapter(*spec, lc, jnp.float32, rngs))
+    plan = [(block, t, spec) for block in gpt.blocks for t in lc.targets
+            if (spec := shapes_of(cfg, t)) is not None]
+    if not plan:
+        return
+    stream = rngs.params
+    key0, count0 = stream.key[...], stream.count[...]
+    counts = count0 + jnp.arange(len(plan), dtype=count0.dtype)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key0, counts)
+    stream.count[...] = count0 + len(plan)
+    a_init = {}  # target -> [n_blocks, fan_in, r]
+    for t in {t for _, t, _ in plan}:
+        idx = jnp.array([n for n, (_, tt, _) in enumerate(plan) if tt == t])
+        a_init[t] = iter(kaiming_a(keys[idx], math.prod(shapes_of(cfg, t)[0]), lc.rank))
+    for block, t, spec in plan:
+        owner = block.attn if t in ATTN_TARGETS else block.mlp
+        # fp32 adapters under a bf16/fp16 base (PEFT's autocast_adapter_dtype default)
+        setattr(owner, PREFIX + t, Adapter(*spec, lc, jnp.float32, next(a_init[t])))
 
 
 # ----------------------------------------------------------------------------- params trees

@@ -88,6 +88,26 @@ def test_fresh_adapters_leave_logits_bit_identical_and_rank0_is_todays_model():
     assert all(not v.any() for k, v in ad.items() if k[-1] == "b")
 
 
+def test_adapter_a_draws_are_one_rngs_params_call_per_adapter_in_order():
+    """``lora.attach`` vmaps its keys and draws; the values are those of calling
+    ``rngs.params()`` once per adapter (blocks in order, targets in order) after the base."""
+    cfg = dataclasses.replace(BASE, lora=lora.LoRACfg(rank=4, alpha=8))
+    got = flat(nnx.to_pure_dict(nnx.state(GPT(cfg, rngs=nnx.Rngs(3)), nnx.Param)))
+    rngs = nnx.Rngs(3)
+    GPT(BASE, rngs=rngs)  # the base draws first
+    n = 0
+    for b in range(BASE.n_layers):
+        for t in cfg.lora.targets:
+            where = "attn" if t in lora.ATTN_TARGETS else "mlp"
+            a = got[(f"block_{b}", where, f"lora_{t}", "a")]
+            fan_in = int(np.prod(a.shape[:-1]))
+            bound = 1.0 / np.sqrt(fan_in)
+            want = jax.random.uniform(rngs.params(), (fan_in, 4), minval=-bound, maxval=bound)
+            np.testing.assert_array_equal(a.reshape(fan_in, 4), want)
+            n += 1
+    assert n == 7 * BASE.n_layers
+
+
 @pytest.mark.parametrize("rslora", [False, True])
 def test_lora_forward_equals_merged_weights_after_training(rslora):
     setup, _, state = trained("xent", lm_batch, 2, f"model.lora.rslora={rslora}")
