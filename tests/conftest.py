@@ -28,3 +28,13 @@ def smollm2_dir():
     from lm.hf.smollm2 import DEFAULT_OUT, build
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return build(os.path.join(root, DEFAULT_OUT))
+
+
+@pytest.fixture(scope="session")
+def smollm2_shallow_dir(smollm2_dir, tmp_path_factory):
+    """SmolLM2-135M-Instruct cut to its first 2 layers (``tests.helpers.make_shallow_checkpoint``:
+    real weights, tokenizer and chat template): the ``--preset smollm2`` end-to-end tests run the
+    preset's whole code path on it, ~15x cheaper to compile and step than 30 layers (the full
+    model's runs are the records under results/*/smollm2)."""
+    from tests.helpers import make_shallow_checkpoint
+    return make_shallow_checkpoint(smollm2_dir, tmp_path_factory.mktemp("smollm2_2l"), 2)

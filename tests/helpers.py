@@ -71,3 +71,36 @@ def same_records(a_recs, b_recs):
         for k, v in a.items():
             if isinstance(v, float) and k not in ("time", "wall_s", "step_time"):
                 np.testing.assert_allclose(b[k], v, rtol=1e-5, atol=1e-7, err_msg=f"{key(a)} {k}")
+
+
+def make_shallow_checkpoint(src: str, out, n_layers: int = 2) -> str:
+    """The HF checkpoint in ``src`` cut to its first ``n_layers`` decoder layers (the real
+    weights, embeddings, final norm, tokenizer and chat template untouched; ``config.json``'s
+    ``num_hidden_layers`` set to ``n_layers``): the same preset code path as the full model
+    at a fraction of the compile and step time, for the suite's end-to-end preset runs."""
+    import json
+    import os
+    import re
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(src):
+        if name not in ("config.json",) and not name.endswith(".safetensors"):
+            shutil.copy(os.path.join(src, name), os.path.join(out, name))
+    with open(os.path.join(src, "config.json")) as fh:
+        cfg = json.load(fh)
+    if not 0 < n_layers <= cfg["num_hidden_layers"]:
+        raise ValueError(f"n_layers={n_layers}: the checkpoint has {cfg['num_hidden_layers']}")
+    cfg["num_hidden_layers"] = n_layers
+    with open(os.path.join(out, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    layer = re.compile(r"\.layers\.(\d+)\.")
+    for name in sorted(os.listdir(src)):
+        if name.endswith(".safetensors"):
+            tensors = load_file(os.path.join(src, name))
+            keep = {k: v for k, v in tensors.items()
+                    if (m := layer.search(k)) is None or int(m.group(1)) < n_layers}
+            save_file(keep, os.path.join(out, name), metadata={"format": "pt"})
+    return str(out)

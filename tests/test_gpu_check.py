@@ -18,7 +18,12 @@ def test_cpu_smoke_run_writes_json_and_readme(tmp_path, capsys):
     assert set(parts) == {"gpt2", "llama_1b", "decode_kvcache"} and rec["smoke"]
     assert parts["llama_1b"]["remat"] == "full" and parts["gpt2"]["attention"] == "auto"
     assert all(p["tokens_per_s"] > 0 for p in parts.values())
-    assert 0 < parts["gpt2"]["mfu"] < 1  # against the measured CPU matmul peak
+    # against the whole CPU's measured matmul peak (a part runs on one of the 8 simulated
+    # devices, which share one thread pool): achieved / peak, and below it
+    g = parts["gpt2"]
+    assert "whole CPU" in rec["peak_source"] and 0 < g["mfu"] < 1
+    rounding = 0.0005e12 / rec["peak_flops"] + 1e-4  # tflops_per_device has 3 decimals
+    assert abs(g["mfu"] - g["tflops_per_device"] * 1e12 / rec["peak_flops"]) <= rounding
     readme = (tmp_path / "README.md").read_text()
     assert rec["device"] in readme and files[0] in readme
     last = capsys.readouterr().out.strip().splitlines()[-1]
