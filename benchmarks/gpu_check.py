@@ -40,7 +40,7 @@ from benchmarks.common import jax_train_setup  # noqa: E402
 from lm import sharding as sh  # noqa: E402
 from lm.metrics import write_atomic, write_json  # noqa: E402
 from lm.model import GPT, ModelCfg  # noqa: E402
-from lm.perf import cpu_matmul_peak, device_peak_flops, flops_per_token, model_params, perf_metrics  # noqa: E402  # noqa: E402
+from lm.perf import cpu_matmul_peak, device_peak_flops, flops_per_token, model_params, perf_metrics  # noqa: E402, E501
 from lm.sample import SampleCfg, generate  # noqa: E402
 
 GPT2 = dict(vocab_size=50304, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_len=1024,
