@@ -194,7 +194,7 @@ def attach(gpt, cfg, rngs: nnx.Rngs):
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key0, counts)
     stream.count[...] = count0 + len(plan)
     a_init = {}  # target -> [n_blocks, fan_in, r]
-    for t in {t for _, t, _ in plan}:
+    for t in dict.fromkeys(t for _, t, _ in plan):  # in order: the same program every run
         idx = jnp.array([n for n, (_, tt, _) in enumerate(plan) if tt == t])
         a_init[t] = iter(kaiming_a(keys[idx], math.prod(shapes_of(cfg, t)[0]), lc.rank))
     for block, t, spec in plan:
