@@ -25,12 +25,22 @@ from lm.sharding import constrain
 Array = jax.Array
 
 
+def next_keys(rngs: nnx.Rngs, n: int) -> Array:
+    """``[n]`` keys: those of ``n`` calls of ``rngs.params()``, in order, with the same counter
+    increment, the counter written once by ``set_raw_value``. ``nnx.RngStream.__call__`` writes
+    it through ``Variable.set_value``, whose sharding comparison on a tracer makes jax build an
+    error message that walks the whole jaxpr traced so far: quadratic in a model's parameter
+    count under ``eval_shape``/``jit`` (~11 s of a 30-layer model's build)."""
+    stream = rngs.params
+    count = stream.count.get_raw_value()
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(
+        stream.key.get_raw_value(), count + jnp.arange(n, dtype=count.dtype))
+    stream.count.set_raw_value(count + n)
+    return keys
+
+
 def next_key(rngs: nnx.Rngs) -> Array:
-    """``rngs.params()``: the same key and the same counter increment, with the counter written
-    by ``set_raw_value``. ``nnx.RngStream.__call__`` writes it through ``Variable.set_value``,
-    whose sharding comparison on a tracer makes jax build an error message that walks the whole
-    jaxpr traced so far: quadratic in a model's parameter count under ``eval_shape``/``jit``
-    (~11 s of a 30-layer model's build)."""
+    """``rngs.params()`` (``next_keys`` for one key, without the vmap)."""
     stream = rngs.params
     count = stream.count.get_raw_value()
     key = jax.random.fold_in(stream.key.get_raw_value(), count)

@@ -177,26 +177,21 @@ def attach(gpt, cfg, rngs: nnx.Rngs):
     """Add ``lora_<target>`` adapters to every block of ``gpt`` (call after all base params).
 
     Adapter ``n`` (blocks in order, targets in ``lora.targets`` order) draws its A from the key
-    ``rngs.params()`` would give on its ``n``-th call, and the stream's counter advances once
-    by their number, so the values are those of one ``rngs.params()`` call per adapter. The
-    keys and draws are vmapped (one per target over the blocks): a traced ``nnx.Rngs`` call per
-    adapter cost a walk of the whole jaxpr each (jax's error-message bookkeeping on the
-    counter's write) and a threefry per adapter a large XLA compile, ~70 s together for a
-    30-layer, 7-target init."""
+    ``rngs.params()`` would give on its ``n``-th call (``lm.layers.next_keys``), so the values
+    are those of one ``rngs.params()`` call per adapter. The draws are vmapped, one per target
+    over the blocks: a threefry per adapter made a large XLA compile (with the per-call counter
+    writes, ~70 s for a 30-layer, 7-target init)."""
     lc = cfg.lora
     plan = [(block, t, spec) for block in gpt.blocks for t in lc.targets
             if (spec := shapes_of(cfg, t)) is not None]
     if not plan:
         return
-    stream = rngs.params
-    key0, count0 = stream.key[...], stream.count[...]
-    counts = count0 + jnp.arange(len(plan), dtype=count0.dtype)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(key0, counts)
-    stream.count[...] = count0 + len(plan)
+    from lm.layers import next_keys
+    keys = next_keys(rngs, len(plan))
     a_init = {}  # target -> [n_blocks, fan_in, r]
-    for t in dict.fromkeys(t for _, t, _ in plan):  # in order: the same program every run
+    for t, spec in dict((t, spec) for _, t, spec in plan).items():  # in order: same program
         idx = jnp.array([n for n, (_, tt, _) in enumerate(plan) if tt == t])
-        a_init[t] = iter(kaiming_a(keys[idx], math.prod(shapes_of(cfg, t)[0]), lc.rank))
+        a_init[t] = iter(kaiming_a(keys[idx], math.prod(spec[0]), lc.rank))
     for block, t, spec in plan:
         owner = block.attn if t in ATTN_TARGETS else block.mlp
         # fp32 adapters under a bf16/fp16 base (PEFT's autocast_adapter_dtype default)
