@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+set -euo pipefail
+cd /work/post-wt
+exec /work/main/.venv/bin/python -m experiments.iga_rules --preset smollm2 --workdir /work/main/runs/iga_smollm2_s2 --set iga.first_seed=2 iga.seeds=1
