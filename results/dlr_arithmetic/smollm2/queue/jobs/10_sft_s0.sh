@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
 set -euo pipefail
-cd /work/main
+cd "${WORKTREE:-/work/main}"  # the checkout to run from (the smollm2 queue pins a worktree)
 exec /work/main/.venv/bin/python -m experiments.dlr_arithmetic --preset smollm2 --workdir /work/main/runs/dlr_smollm2/sft_s0 --set exp.methods=sft exp.seeds=0 exp.tasks=hidden exp.eval_base=true

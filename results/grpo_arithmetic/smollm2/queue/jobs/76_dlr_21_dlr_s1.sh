@@ -1,4 +1,3 @@
 #!/usr/bin/env bash
-set -euo pipefail
-cd /work/post-wt
-exec /work/main/.venv/bin/python -m experiments.dlr_arithmetic --preset smollm2 --workdir /work/main/runs/dlr_smollm2/dlr_s1 --set exp.methods=dlr exp.seeds=1 exp.tasks=hidden exp.eval_base=false
+# issue 20 job 21_dlr_s1 of results/dlr_arithmetic/smollm2/queue, run from the worktree pinned at 4b325d9
+WORKTREE=/work/post-wt exec bash /work/main/results/dlr_arithmetic/smollm2/queue/jobs/21_dlr_s1.sh

@@ -1,4 +1,3 @@
 #!/usr/bin/env bash
-set -euo pipefail
-cd /work/post-wt
-exec /work/main/.venv/bin/python -m experiments.iga_rules --preset smollm2 --workdir /work/main/runs/iga_smollm2_s2 --set iga.first_seed=2 iga.seeds=1
+# issue 20 job 30_s2 of results/iga_rules/smollm2/queue, run from the worktree pinned at 4b325d9
+WORKTREE=/work/post-wt exec bash /work/main/results/iga_rules/smollm2/queue/jobs/30_s2.sh
