@@ -11,6 +11,10 @@ seed: ``grpo_arithmetic --preset smollm2`` with ``exp.methods=<arm> train.seed=<
 base model's greedy accuracy and the last evaluated one (same evaluator, same problems), and for
 arms with >= 2 seeds the seed-level Student-t interval of the change (``lm.stats``); one seed is
 listed, never given an interval.
+
+``runs/`` is not kept between machines, so a finished run's copy under ``results/`` is its record
+from then on: a run whose ``runs/`` folder is gone is read back from that copy (one with
+``versions.json``, i.e. finished), and an in-progress copy whose run folder is gone is left out.
 """
 
 from __future__ import annotations
@@ -41,10 +45,20 @@ def _copy(src_dir, dst_dir, names):
             shutil.copy(os.path.join(src_dir, f), os.path.join(dst_dir, f))
 
 
+def _names(runs: str, out: str) -> list[str]:
+    """Run names in ``runs`` and, for runs whose folder is gone, their kept copies in ``out``."""
+    found = set(os.listdir(runs)) if os.path.isdir(runs) else set()
+    return sorted(found | (set(os.listdir(out)) if os.path.isdir(out) else set()))
+
+
+def _finished_copy(dst: str) -> bool:
+    return all(os.path.exists(os.path.join(dst, f)) for f in ("versions.json", "metrics.jsonl"))
+
+
 def grpo_runs(runs: str, out: str) -> list[dict]:
     """One row per ``smollm2_<arm>_s<seed>`` GRPO-family run: base and last eval accuracies."""
     rows = []
-    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+    for name in _names(runs, out):
         m = re.fullmatch(r"smollm2_(grpo|dr_grpo|dapo|gspo|cispo|dcpo|ppo)_s(\d+)", name)
         if not m:
             continue
@@ -53,6 +67,9 @@ def grpo_runs(runs: str, out: str) -> list[dict]:
         done = os.path.exists(os.path.join(rec, "metrics.jsonl"))
         if done:
             _copy(rec, dst, RECORD_FILES)
+        elif not os.path.isdir(wd) and _finished_copy(dst):
+            rec, wd, done = dst, dst, True  # the run folder is gone: its kept record is the source
+        if done:
             recs = _jsonl(os.path.join(rec, "metrics.jsonl"))
             base = next(r for r in recs if r["method"] == "sft")
             recs = [r for r in recs if r["method"] == arm]
@@ -102,18 +119,23 @@ def grpo_stats(rows: list[dict]) -> str:
 
 def tdpo_runs(runs: str, out: str) -> str:
     lines = []
-    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+    for name in _names(runs, out):
         if not re.fullmatch(r"smollm2_tdpo_s\d+", name):
             continue
-        rec = os.path.join(runs, name, "record")
+        rec, dst = os.path.join(runs, name, "record"), os.path.join(out, name)
+        pairs = os.path.join(runs, name, "pairs.json")
         if os.path.exists(os.path.join(rec, "metrics.jsonl")):
-            _copy(rec, os.path.join(out, name), RECORD_FILES)
-            lines.append(f"### {name} (done)\n\n" + open(os.path.join(rec, "table.md")).read())
-            pairs = os.path.join(runs, name, "pairs.json")
-            if os.path.exists(pairs):
-                lines.append(f"pairs: `{json.dumps(json.load(open(pairs))['info'])}`\n")
-        else:
+            _copy(rec, dst, RECORD_FILES)
+            if os.path.exists(pairs):  # the pairs' summary, kept beside the record
+                with open(os.path.join(dst, "pairs_info.json"), "w") as fh:
+                    json.dump(json.load(open(pairs))["info"], fh)
+        elif os.path.isdir(os.path.join(runs, name)) or not _finished_copy(dst):
             lines.append(f"### {name}: in progress (see its job log in the queue)\n")
+            continue
+        lines.append(f"### {name} (done)\n\n" + open(os.path.join(dst, "table.md")).read())
+        info = os.path.join(dst, "pairs_info.json")
+        if os.path.exists(info):
+            lines.append(f"pairs: `{json.dumps(json.load(open(info)))}`\n")
     return "\n".join(lines)
 
 
