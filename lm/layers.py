@@ -243,7 +243,7 @@ class Attention(nnx.Module):
     def __call__(self, x_BxLxD: Array, pos_BxL: Array, kv_cache=None, index=None,
                  segment_ids_BxL: Array | None = None, lora_rng: Array | None = None,
                  layer=None):
-        """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxSxKxH, v_BxSxKxH) the new keys are
+        """Returns (y_BxLxD, new_kv). With ``kv_cache`` = (k_BxKxSxH, v_BxKxSxH) the new keys are
         written at ``index`` and queries attend to cache slots ``<= index + their offset`` (and
         ``> ... - sliding_window`` when a window is set). ``segment_ids_BxL`` (packing): keys of
         other segments are masked; with a cache, it needs the segment slot of
@@ -274,21 +274,23 @@ class Attention(nnx.Module):
                                                 **score)
             new_kv = None
         else:
-            k_BxSxKxH, v_BxSxKxH, *seg = kv_cache
+            k_BxKxSxH, v_BxKxSxH, *seg = kv_cache  # kv-head-major (GPT.init_cache)
             if (segment_ids_BxL is None) != (not seg):
                 raise ValueError("segment ids and a KV cache go together: pass segment_ids_BxL "
                                  "with a GPT.init_cache(..., segments=True) cache, or neither")
-            k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(k_BxSxKxH, k_BxLxKxH, index, axis=1)
-            v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(v_BxSxKxH, v_BxLxKxH, index, axis=1)
+            k_BxKxSxH = jax.lax.dynamic_update_slice_in_dim(
+                k_BxKxSxH, k_BxLxKxH.transpose(0, 2, 1, 3).astype(k_BxKxSxH.dtype), index, axis=2)
+            v_BxKxSxH = jax.lax.dynamic_update_slice_in_dim(
+                v_BxKxSxH, v_BxLxKxH.transpose(0, 2, 1, 3).astype(v_BxKxSxH.dtype), index, axis=2)
             slot_BxL = jnp.broadcast_to(index + jnp.arange(L), (B, L))
             seg_k = {}
             if seg:
                 seg_BxS = jax.lax.dynamic_update_slice_in_dim(
                     seg[0], segment_ids_BxL.astype(seg[0].dtype), index, axis=1)
                 seg_k = {"seg_q_BxL": segment_ids_BxL, "seg_k_BxS": seg_BxS}
-            o_BxLxNxH = attn_lib.cached(q_BxLxNxH, k_BxSxKxH, v_BxSxKxH, slot_BxL, window=W,
+            o_BxLxNxH = attn_lib.cached(q_BxLxNxH, k_BxKxSxH, v_BxKxSxH, slot_BxL, window=W,
                                         **seg_k, **score)
-            new_kv = (k_BxSxKxH, v_BxSxKxH) + ((seg_k["seg_k_BxS"],) if seg else ())
+            new_kv = (k_BxKxSxH, v_BxKxSxH) + ((seg_k["seg_k_BxS"],) if seg else ())
         o_BxLxNxH = checkpoint_name(o_BxLxNxH, ATTN_OUT)  # kept by model.remat=attn_out
         w_NHxD = read(self, "out_NxHxD", dt).reshape(N * H, D)
         o_BLxNH = o_BxLxNxH.reshape(B * L, N * H)

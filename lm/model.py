@@ -333,11 +333,12 @@ class GPT(nnx.Module):
 
     def init_cache(self, batch: int, length: int | None = None, dtype=None,
                    segments: bool = False):
-        """Zero KV cache: per layer (k, v) of shape [B, S, K, H] (K = kv heads); with
-        ``segments`` also the keys' segment ids seg_BxS (int32) for packed decoding."""
+        """Zero KV cache: per layer (k, v) of shape [B, K, S, H] (K = kv heads; kv-head-major, the
+        layout ``lm.attention.cached``'s dots read without a copy); with ``segments`` also the
+        keys' segment ids seg_BxS (int32) for packed decoding."""
         cfg = self.cfg
         S = length or cfg.max_len
-        shape = (batch, S, cfg.kv_heads, cfg.head_dim_)
+        shape = (batch, cfg.kv_heads, S, cfg.head_dim_)
         dt = dtype or cfg.dtype_
         seg = (jnp.zeros((batch, S), jnp.int32),) if segments else ()
         return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) + seg for _ in range(cfg.n_layers)]

@@ -58,7 +58,7 @@ def test_decode_matches_forward(name):
     full = jax.jit(lambda p, t: bind(gd, p)(t))(params, toks)
     decode = jax.jit(lambda p, t, c, i: bind(gd, p).decode(t, c, i))
     cache = bind(gd, params).init_cache(2, 12)
-    assert cache[0][0].shape == (2, 12, cfg.kv_heads, cfg.head_dim_)
+    assert cache[0][0].shape == (2, cfg.kv_heads, 12, cfg.head_dim_)
     pre, cache = decode(params, toks[:, :7], cache, 0)
     steps = [pre]
     for t in range(7, 12):

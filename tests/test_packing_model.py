@@ -166,3 +166,31 @@ def test_auto_picks_cudnn_only_where_it_applies():
     with pytest.raises(ConfigError, match="needs bf16/fp16 compute, got model.dtype=float32"):
         A.check("cudnn", f32, backend="gpu")
     A.check("cudnn", bf16, backend="gpu")  # allowed on a GPU
+
+
+@pytest.mark.parametrize("L,N,K,window,segments", [(1, 4, 4, 0, False), (1, 6, 2, 3, True),
+                                                   (5, 6, 3, 0, True), (3, 4, 1, 2, False)])
+def test_cached_attention_on_the_kv_major_cache_equals_jax(L, N, K, window, segments):
+    """``lm.attention.cached`` on the kv-head-major [B, K, S, H] cache equals
+    ``jax.nn.dot_product_attention`` on the same keys in [B, S, K, H] with the same mask."""
+    from lm import attention as A
+    B, S, H = 2, 12, 8
+    ks = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(ks[0], (B, L, N, H))
+    k_BxKxSxH = jax.random.normal(ks[1], (B, K, S, H))
+    v_BxKxSxH = jax.random.normal(ks[2], (B, K, S, H))
+    pos = jnp.array([[4 + i for i in range(L)], [S - L + i for i in range(L)]])
+    rng = np.random.default_rng(0)
+    seg_k = jnp.asarray(np.sort(rng.integers(1, 3, (B, S)), axis=1)) if segments else None
+    seg_q = jnp.take_along_axis(seg_k, pos, 1) if segments else None
+    ours = A.cached(q, k_BxKxSxH, v_BxKxSxH, pos, seg_q_BxL=seg_q, seg_k_BxS=seg_k, window=window)
+    keep = jnp.arange(S)[None, None] <= pos[:, :, None]
+    if window:
+        keep = keep & (jnp.arange(S)[None, None] > pos[:, :, None] - window)
+    keep = keep[:, None]
+    if segments:
+        keep = keep & A.segment_mask(seg_q, seg_k)
+    ref = jax.nn.dot_product_attention(q, k_BxKxSxH.transpose(0, 2, 1, 3),
+                                       v_BxKxSxH.transpose(0, 2, 1, 3), mask=keep,
+                                       implementation="xla")
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-6)
