@@ -1,5 +1,6 @@
-"""experiments.smollm2_record: finished runs are copied into results/ and read back from that copy
-once their runs/ folder is gone (a fresh machine); an in-progress copy without its run is left out."""
+"""experiments.smollm2_record: finished runs are copied into results/ and read back from that
+copy once their runs/ folder is gone (a fresh machine); an in-progress copy without its run is
+left out."""
 
 import json
 import os
@@ -34,7 +35,8 @@ def test_finished_runs_survive_a_lost_runs_folder(tmp_path):
     _write_run(runs, "smollm2_grpo_s1", "grpo", 0.100, 0.400)
     _write_run(runs, "smollm2_dapo_s0", "dapo", 0.125, 0.0, done=False)  # started, no eval yet
     first = rec.grpo_runs(runs, out)
-    assert [(r["arm"], r["seed"], r["done"]) for r in first] == [("grpo", 0, True), ("grpo", 1, True)]
+    assert [(r["arm"], r["seed"], r["done"]) for r in first] == [("grpo", 0, True),
+                                                                 ("grpo", 1, True)]
     assert os.path.exists(os.path.join(out, "smollm2_grpo_s0", "versions.json"))
     assert os.path.exists(os.path.join(out, "smollm2_dapo_s0", "metrics.jsonl"))  # partial copy
 
