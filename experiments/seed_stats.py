@@ -44,6 +44,9 @@ def compare(a: dict, b: dict, rel: bool = True, scale: float = 1.0) -> dict:
     seeds = sorted(set(a) & set(b))
     av, bv = np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
     d = 100 * (av - bv) / np.abs(bv) if rel else scale * (av - bv)
+    if len(d) < 2:  # a record still being filled: listed, never given an interval
+        return {"seeds": seeds, "per_seed": d.tolist(), "mean": None, "lo": None, "hi": None,
+                "verdict": f"{len(d)} paired seed(s): no interval"}
     m, lo, hi = paired_t(d, np.zeros_like(d))
     return {"seeds": seeds, "per_seed": d.tolist(), "mean": m, "lo": lo, "hi": hi,
             "verdict": separation(lo, hi)}
@@ -51,8 +54,8 @@ def compare(a: dict, b: dict, rel: bool = True, scale: float = 1.0) -> dict:
 
 def line(name: str, c: dict, unit: str = "%") -> str:
     per = ", ".join(f"{x:+.1f}" for x in c["per_seed"])
-    return (f"| {name} | {len(c['seeds'])} | {per} | {fmt_interval(c['mean'], c['lo'], c['hi'])}"
-            f"{unit} | {c['verdict']} |")
+    ci = "–" if c["mean"] is None else fmt_interval(c["mean"], c["lo"], c["hi"]) + unit
+    return f"| {name} | {len(c['seeds'])} | {per} | {ci} | {c['verdict']} |"
 
 
 HEAD = ("| comparison (paired per seed) | seeds | per seed | mean [95% t over seeds] | verdict |\n"

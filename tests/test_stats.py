@@ -83,3 +83,10 @@ def test_dlr_table_has_seed_level_interval_beside_bootstrap():
     ci = st.ttest_rel(acc["dlr"], acc["sft"]).confidence_interval()
     np.testing.assert_allclose(row["delta_pp_seed_t"][1:], [100 * ci.low, 100 * ci.high])
     assert "seed-level t 95%" in out["markdown"]
+
+
+def test_seed_stats_lists_a_single_paired_seed_without_an_interval():
+    from experiments.seed_stats import compare, line
+    c = compare({0: 0.5, 1: 0.6}, {0: 0.4}, rel=False, scale=100.0)
+    assert c["seeds"] == [0] and c["mean"] is None
+    assert line("x vs y", c, " pp") == "| x vs y | 1 | +10.0 | – | 1 paired seed(s): no interval |"
