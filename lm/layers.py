@@ -11,8 +11,6 @@ F d_ff, V vocab.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -151,19 +149,17 @@ ACTS = {"gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "relu": jax.nn.relu}
 
 
-class Fused(NamedTuple):
-    """A projection already computed by ``fused_dots`` (vs a weight to multiply by)."""
-    out: Array
-
-
-def fused_dots(x_MxD: Array, w_DxCx___: Array) -> list[Array]:
-    """``[x @ w[:, c] for c]`` (each flattened to [M, prod(rest)]) as ONE dot against the whole
-    fused weight (its C slices share the input), sliced after. Slicing the weight first copies
-    each strided slice: under a decode loop, XLA:CPU re-made those copies at every sampled
-    token (SmolLM2-135M, 128 rows x 32 tokens: ~1.2 of 11 s). For forward-only (KV-cache)
-    calls: the training path keeps the 2-D dots of sliced weights (faster backward here)."""
-    C = w_DxCx___.shape[1]
-    y_MxCxR = jnp.einsum("md,dcr->mcr", x_MxD, w_DxCx___.reshape(w_DxCx___.shape[:2] + (-1,)))
+def slice_dots(x_MxD: Array, w_DxCx___: Array, whole: bool = False) -> list[Array]:
+    """``[x @ w[:, c] for c]``, each flattened to [M, prod(rest)]: the C projections of a fused
+    weight that share one input. By default C 2-D dots of the weight's slices (training: the
+    backward is faster here than the einsum's). ``whole`` (forward-only KV-cache calls): ONE dot
+    against the whole weight, sliced after: slicing the weight copies each strided slice, and
+    under a decode loop XLA:CPU re-made those copies at every sampled token (SmolLM2-135M, 128
+    rows x 32 tokens: ~1.2 of 11 s)."""
+    D, C = w_DxCx___.shape[:2]
+    if not whole:
+        return [x_MxD @ w_DxCx___[:, c].reshape(D, -1) for c in range(C)]
+    y_MxCxR = jnp.einsum("md,dcr->mcr", x_MxD, w_DxCx___.reshape(D, C, -1))
     return [y_MxCxR[:, c] for c in range(C)]
 
 
@@ -234,27 +230,22 @@ class Attention(nnx.Module):
         tensor-sharded N the outer factor of the merged dim (no resharding), and XLA:CPU runs
         2-D dots much faster than the 4-D einsum (train-step benchmark: 0.73 -> 0.90).
         ``decode`` (a KV-cache call: no gradient, run once per sampled token): the fused weight
-        is contracted whole (``fused_dots``) instead of sliced per projection."""
+        is contracted whole (``slice_dots``) instead of sliced per projection."""
         cfg, dt = self.cfg, self.cfg.dtype_
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim_
         if K == N:
-            w_Dx3xNxH = read(self, "qkv_Dx3xNxH", dt)
-            ws = ([(Fused(y), N) for y in fused_dots(x_BLxD, w_Dx3xNxH)] if decode else
-                  [(w_Dx3xNxH[:, c].reshape(D, N * H), N) for c in range(3)])
+            ys = slice_dots(x_BLxD, read(self, "qkv_Dx3xNxH", dt), decode)
             bs = ([self.qkv_bias_3xNxH[...].astype(dt)[c].reshape(N * H) for c in range(3)]
                   if cfg.qkv_bias else [None] * 3)
         else:
-            w_Dx2xKxH = read(self, "kv_Dx2xKxH", dt)
-            ws = [(read(self, "q_DxNxH", dt).reshape(D, N * H), N)] + (
-                [(Fused(y), K) for y in fused_dots(x_BLxD, w_Dx2xKxH)] if decode else
-                [(w_Dx2xKxH[:, c].reshape(D, K * H), K) for c in range(2)])
+            ys = [x_BLxD @ read(self, "q_DxNxH", dt).reshape(D, N * H)] + slice_dots(
+                x_BLxD, read(self, "kv_Dx2xKxH", dt), decode)
             bs = ([self.q_bias_NxH[...].astype(dt).reshape(N * H)] + [
                 self.kv_bias_2xKxH[...].astype(dt)[c].reshape(K * H) for c in range(2)]
                 if cfg.qkv_bias else [None] * 3)
         out = []
         ds = lora.deltas(self, "qkv", x_BLxD, lora_rng)  # model.lora: None without adapters
-        for (w, n), b, kv, d in zip(ws, bs, (False, True, True), ds):
-            y = w.out if isinstance(w, Fused) else x_BLxD @ w
+        for y, n, b, kv, d in zip(ys, (N, K, K), bs, (False, True, True), ds):
             y = y if b is None else y + b[None]
             if d is not None:
                 y = y + d
@@ -347,8 +338,7 @@ class MLP(nnx.Module):
         D, C = cfg.d_model, 2 if cfg.mlp == "swiglu" else 1
         B, L = x_BxLxD.shape[:2]
         x_BLxD, w_DxCxF = x_BxLxD.reshape(B * L, D), read(self, "up_DxCxF", dt)
-        h_BLxF = (fused_dots(x_BLxD, w_DxCxF) if decode and C > 1 else
-                  [x_BLxD @ w_DxCxF[:, c] for c in range(C)])  # 2-D dots (see Attention)
+        h_BLxF = slice_dots(x_BLxD, w_DxCxF, decode and C > 1)
         ds = lora.deltas(self, ("gate", "up") if C == 2 else ("up",), x_BLxD, lora_rng)
         for c, d in enumerate(ds):  # model.lora
             if d is not None:
