@@ -45,8 +45,8 @@ longest hinted chat prompt is 85 tokens), 16 new tokens (teacher answers <= 15 w
 Unchanged: scripted teacher and helpers, judge, scenarios, checkers, the SAIL loop, the report.
 ``iga.first_seed``/``iga.seeds`` pick the seeds of a process; with ``iga.resume`` (the preset's)
 each finished seed's rows go to seed_rows.jsonl and a rerun skips them.
-Time per seed (base + plain SFT + IGA, 3 iterations): not measured yet on the AMD EPYC
-(2 cores, shared, load average 6-9); queue job 10 is that run (its wall time is printed).
+Time per seed (base + plain SFT + IGA, 3 iterations): 1513 s (25 min) for seed 0 on the AMD
+EPYC (2 cores; ~11 of those minutes beside a test run), results/iga_rules/smollm2.
 """
 
 from __future__ import annotations
